@@ -1,0 +1,326 @@
+//! Subcommands. Exit codes: 0 success, 1 runtime failure (including escalation of the actor
+//! tree), 2 configuration or usage error.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use crate::app::{App, Exit};
+use crate::config::{Config, ConfigError, Sources, ValidatedConfig};
+use crate::sim::{self, SimConfig, ToolText};
+
+#[derive(Parser, Debug)]
+#[command(name = "llmmux", version, about = "OpenAI-compatible gateway in front of many vLLM servers")]
+pub struct Cli {
+    /// Optional YAML file with the same settings as the environment (the environment wins).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Validate the configuration and print it with secrets masked.
+    CheckConfig,
+    /// Start simulated vLLM servers and the gateway in front of them.
+    Demo,
+    /// Run one simulated vLLM server.
+    SimVllm(SimArgs),
+    /// Probe the local gateway's /healthz (for Docker HEALTHCHECK).
+    Healthcheck {
+        /// Defaults to http://127.0.0.1:$PORT/healthz.
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SimArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Served model name; repeat for aliases (the first is the primary name).
+    #[arg(long = "model", default_value = "sim-model")]
+    pub models: Vec<String>,
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    #[arg(long, default_value_t = 0)]
+    pub ttft_ms: u64,
+    #[arg(long, default_value_t = 0)]
+    pub token_delay_ms: u64,
+    /// Default completion length in tokens.
+    #[arg(long, default_value_t = 16)]
+    pub tokens: u32,
+    /// Emit tool calls as text in this format: gptoss, harmony, hermes, llama3_json, mistral, pythonic.
+    #[arg(long)]
+    pub tool_text: Option<String>,
+}
+
+fn env_sources(file: Option<PathBuf>) -> impl FnOnce(&dyn Fn(&str) -> Option<String>) -> Result<ValidatedConfig, Vec<ConfigError>> {
+    move |env| Config::load(&Sources { env, file })
+}
+
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn report(errors: &[ConfigError]) -> i32 {
+    for e in errors {
+        eprintln!("config error: {e}");
+    }
+    2
+}
+
+pub fn main_exit_code() -> i32 {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> i32 {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => match env_sources(cli.config)(&process_env) {
+            Ok(cfg) => serve(cfg).await,
+            Err(errors) => report(&errors),
+        },
+        Command::CheckConfig => match env_sources(cli.config)(&process_env) {
+            Ok(cfg) => {
+                print!("{}", cfg.render_masked());
+                if !cfg.has_backends() {
+                    eprintln!("warning: no backend configured (BACKENDS or VLLM_SERVERS)");
+                }
+                0
+            }
+            Err(errors) => report(&errors),
+        },
+        Command::Demo => demo(cli.config).await,
+        Command::SimVllm(args) => sim_vllm(args).await,
+        Command::Healthcheck { url } => healthcheck(url).await,
+    }
+}
+
+async fn bind(cfg: &ValidatedConfig) -> Result<TcpListener, i32> {
+    let addr = format!("{}:{}", cfg.host, cfg.port);
+    TcpListener::bind(&addr).await.map_err(|e| {
+        eprintln!("cannot listen on {addr}: {e}");
+        1
+    })
+}
+
+pub async fn serve(cfg: ValidatedConfig) -> i32 {
+    crate::telemetry::init(&cfg.log_level, cfg.log_format);
+    if !cfg.has_backends() {
+        eprintln!("no backend configured: set BACKENDS=model:host:port,... or VLLM_SERVERS=host:port,...\n(to try LLMMux without vLLM, run `llmmux demo`)");
+        return 2;
+    }
+    let listener = match bind(&cfg).await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    run_app(cfg, listener).await
+}
+
+async fn run_app(cfg: ValidatedConfig, listener: TcpListener) -> i32 {
+    if cfg.api_keys.is_empty() {
+        warn!("API_KEYS is empty: the gateway is OPEN, anyone who can reach it can use it");
+    }
+    let app = match App::start(cfg, listener).await {
+        Ok(a) => a,
+        Err(e) => {
+            error!(error = %e, "cannot start");
+            return 1;
+        }
+    };
+    tokio::select! {
+        _ = shutdown_signal() => info!("shutdown requested"),
+        _ = app.escalated() => {},
+    }
+    match app.shutdown().await {
+        Exit::Requested => 0,
+        Exit::Escalated => 1,
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn sim_vllm(args: SimArgs) -> i32 {
+    crate::telemetry::init("info", crate::config::LogFormat::Text);
+    let tool_text = match args.tool_text.as_deref().map(str::parse::<ToolText>) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(_)) => {
+            eprintln!("--tool-text: expected gptoss, harmony, hermes, llama3_json, mistral or pythonic");
+            return 2;
+        }
+    };
+    let cfg = SimConfig {
+        models: args.models,
+        latency_ms: args.latency_ms,
+        ttft_ms: args.ttft_ms,
+        token_delay_ms: args.token_delay_ms,
+        completion_tokens: args.tokens,
+        tool_text,
+        ..SimConfig::default()
+    };
+    let addr = format!("{}:{}", args.host, args.port);
+    let listener = match TcpListener::bind(&addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot listen on {addr}: {e}");
+            return 1;
+        }
+    };
+    match sim::start(listener, cfg).await {
+        Ok(h) => {
+            info!(addr = %h.addr(), "simulated vLLM server ready");
+            shutdown_signal().await;
+            h.shutdown();
+            0
+        }
+        Err(e) => {
+            eprintln!("cannot start the simulated server: {e}");
+            1
+        }
+    }
+}
+
+/// Demo: three simulated vLLM servers (two replicas of a Hermes-style model that writes tool
+/// calls as text, one Llama-3-style model) behind the gateway, with static keys.
+async fn demo(file: Option<PathBuf>) -> i32 {
+    let mut sims = Vec::new();
+    let specs: [(&str, ToolText); 3] =
+        [("qwen3-8b", ToolText::Hermes), ("qwen3-8b", ToolText::Hermes), ("llama-3.1-8b-instruct", ToolText::Llama3Json)];
+    for (model, tool) in specs {
+        let listener = match TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("cannot start a simulated server: {e}");
+                return 1;
+            }
+        };
+        let cfg = SimConfig {
+            models: vec![model.to_owned()],
+            ttft_ms: 80,
+            token_delay_ms: 25,
+            completion_tokens: 24,
+            tool_text: Some(tool),
+            ..SimConfig::default()
+        };
+        match sim::start(listener, cfg).await {
+            Ok(h) => sims.push(h),
+            Err(e) => {
+                eprintln!("cannot start a simulated server: {e}");
+                return 1;
+            }
+        }
+    }
+    let servers = sims.iter().map(|h| h.addr().to_string()).collect::<Vec<_>>().join(",");
+    let demo_env = move |name: &str| -> Option<String> {
+        match name {
+            "VLLM_SERVERS" => Some(servers.clone()),
+            "BACKENDS" => Some(String::new()),
+            "API_KEYS" => Some(std::env::var("API_KEYS").unwrap_or_else(|_| "sk-demo".into())),
+            "ADMIN_API_KEYS" => Some(std::env::var("ADMIN_API_KEYS").unwrap_or_else(|_| "sk-demo-admin".into())),
+            "HEALTH_CHECK_INTERVAL" => Some(std::env::var(name).unwrap_or_else(|_| "5000".into())),
+            "DISCOVERY_INTERVAL" => Some(std::env::var(name).unwrap_or_else(|_| "10000".into())),
+            "HOST" => Some(std::env::var(name).unwrap_or_else(|_| "127.0.0.1".into())),
+            other => std::env::var(other).ok(),
+        }
+    };
+    let cfg = match env_sources(file)(&demo_env) {
+        Ok(c) => c,
+        Err(errors) => return report(&errors),
+    };
+    crate::telemetry::init(&cfg.log_level, cfg.log_format);
+    let listener = match bind(&cfg).await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let addr: SocketAddr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(_) => return 1,
+    };
+    let key = cfg.api_keys.first().map(|k| k.expose().to_owned()).unwrap_or_default();
+    println!(
+        r#"
+LLMMux demo: gateway on http://{addr} in front of 3 simulated vLLM servers
+(models: qwen3-8b on two replicas, llama-3.1-8b-instruct). API key: {key}
+
+  curl -s http://{addr}/v1/models -H 'Authorization: Bearer {key}'
+  curl -s http://{addr}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
+    -d '{{"model":"qwen3-8b","messages":[{{"role":"user","content":"Hello"}}]}}'
+  curl -sN http://{addr}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
+    -d '{{"model":"qwen3-8b","stream":true,"messages":[{{"role":"user","content":"Hello"}}]}}'
+  # tool call written as text by the model, repaired into tool_calls by the gateway:
+  curl -s http://{addr}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
+    -d '{{"model":"qwen3-8b","messages":[{{"role":"user","content":"Weather in Paris?"}}],"tools":[{{"type":"function","function":{{"name":"get_weather","parameters":{{"type":"object","properties":{{"city":{{"type":"string"}}}},"required":["city"]}}}}}}]}}'
+  curl -s http://{addr}/admin/backends -H 'Authorization: Bearer {admin}'
+
+  python -c 'from openai import OpenAI; c = OpenAI(base_url="http://{addr}/v1", api_key="{key}"); print(c.chat.completions.create(model="qwen3-8b", messages=[{{"role":"user","content":"Hi"}}]).choices[0].message.content)'
+
+Ctrl-C stops the demo.
+"#,
+        admin = cfg.admin_api_keys.first().map(|k| k.expose().to_owned()).unwrap_or_default(),
+    );
+    let code = run_app(cfg, listener).await;
+    for s in sims {
+        s.shutdown();
+    }
+    code
+}
+
+async fn healthcheck(url: Option<String>) -> i32 {
+    let url = url.unwrap_or_else(|| {
+        let port = std::env::var("PORT").ok().filter(|p| p.parse::<u16>().is_ok()).unwrap_or_else(|| "8080".into());
+        format!("http://127.0.0.1:{port}/healthz")
+    });
+    let client = match reqwest::Client::builder().timeout(Duration::from_secs(3)).build() {
+        Ok(c) => c,
+        Err(_) => return 1,
+    };
+    match client.get(&url).send().await {
+        Ok(r) if r.status().is_success() => 0,
+        Ok(r) => {
+            eprintln!("unhealthy: {}", r.status());
+            1
+        }
+        Err(e) => {
+            eprintln!("unreachable: {e}");
+            1
+        }
+    }
+}

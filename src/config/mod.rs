@@ -1,0 +1,354 @@
+//! Typed configuration, validated once at start-up.
+//!
+//! Sources, lowest precedence first: built-in defaults, the optional YAML file
+//! (`--config FILE`, keys are the variable names in lower case plus `servers:` for
+//! per-server options), then the environment. Secrets may come from `NAME_FILE`.
+//! [`Config::load`] collects every problem as a [`ConfigError`] naming the variable, so the
+//! operator sees all of them at once; only a [`ValidatedConfig`] can start the gateway.
+
+mod parse;
+mod secret;
+mod yaml;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use parse::{normalize_base_url, parse_backends, StaticBackend};
+pub use secret::Secret;
+pub use yaml::ServerOptions;
+
+use crate::toolcall::{FormatRules, Options as ToolOptions};
+
+/// One problem with one setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}: {reason}")]
+pub struct ConfigError {
+    pub name: String,
+    pub reason: String,
+}
+
+/// Which origins may call the gateway from a browser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    Any,
+    List(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every setting of the gateway. Built only through [`Config::load`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    pub api_keys: Vec<Secret>,
+    pub admin_api_keys: Vec<Secret>,
+    pub backends: Vec<StaticBackend>,
+    pub vllm_servers: Vec<String>,
+    pub server_options: Vec<ServerOptions>,
+    pub enable_cors: bool,
+    pub cors_origins: CorsOrigins,
+    pub health_check_interval: Duration,
+    pub health_probe_timeout: Duration,
+    pub discovery_interval: Duration,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub request_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub stream_idle_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub max_attempts: u32,
+    pub max_in_flight: usize,
+    pub max_in_flight_per_server: u32,
+    pub shutdown_grace: Duration,
+    pub eject_base: Duration,
+    pub eject_max: Duration,
+    pub failure_threshold: u32,
+    pub model_aliases: BTreeMap<String, String>,
+    pub vllm_api_key: Option<Secret>,
+    pub upstream_ca_file: Option<PathBuf>,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub stream_shards: usize,
+    pub route_via_registry: bool,
+    pub tool_call_formats: FormatRules,
+    pub tool_call_options: ToolOptions,
+}
+
+/// A configuration that passed validation; the only thing `App::build` accepts.
+#[derive(Debug, Clone)]
+pub struct ValidatedConfig(Config);
+
+impl std::ops::Deref for ValidatedConfig {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.0
+    }
+}
+
+impl ValidatedConfig {
+    /// For tests and the demo, which build a config in code: validate it the same way.
+    pub fn new(cfg: Config) -> Result<Self, Vec<ConfigError>> {
+        let errors = validate(&cfg);
+        if errors.is_empty() {
+            Ok(Self(cfg))
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn has_backends(&self) -> bool {
+        !self.backends.is_empty() || !self.vllm_servers.is_empty()
+    }
+
+    /// The effective configuration, secrets masked, one `NAME=value` per line.
+    pub fn render_masked(&self) -> String {
+        let c = &self.0;
+        let secrets = |v: &[Secret]| {
+            if v.is_empty() {
+                "(none)".to_owned()
+            } else {
+                v.iter().map(Secret::masked).collect::<Vec<_>>().join(",")
+            }
+        };
+        let ms = |d: Duration| d.as_millis().to_string();
+        let mut out = String::new();
+        let mut line = |k: &str, v: String| {
+            let _ = writeln!(out, "{k}={v}");
+        };
+        line("HOST", c.host.clone());
+        line("PORT", c.port.to_string());
+        line("API_KEYS", secrets(&c.api_keys));
+        line("ADMIN_API_KEYS", secrets(&c.admin_api_keys));
+        line(
+            "BACKENDS",
+            c.backends.iter().map(|b| format!("{}={}", b.model, b.url)).collect::<Vec<_>>().join(","),
+        );
+        line("VLLM_SERVERS", c.vllm_servers.join(","));
+        line("ENABLE_CORS", c.enable_cors.to_string());
+        line(
+            "CORS_ORIGIN",
+            match &c.cors_origins {
+                CorsOrigins::Any => "*".to_owned(),
+                CorsOrigins::List(l) => l.join(","),
+            },
+        );
+        line("HEALTH_CHECK_INTERVAL", ms(c.health_check_interval));
+        line("HEALTH_PROBE_TIMEOUT", ms(c.health_probe_timeout));
+        line("DISCOVERY_INTERVAL", ms(c.discovery_interval));
+        line("CONNECT_TIMEOUT", ms(c.connect_timeout));
+        line("FIRST_BYTE_TIMEOUT", ms(c.first_byte_timeout));
+        line("REQUEST_TIMEOUT", ms(c.request_timeout));
+        line("BODY_READ_TIMEOUT", ms(c.body_read_timeout));
+        line("STREAM_IDLE_TIMEOUT", ms(c.stream_idle_timeout));
+        line("HEADER_READ_TIMEOUT", ms(c.header_read_timeout));
+        line("MAX_BODY_BYTES", c.max_body_bytes.to_string());
+        line("MAX_ATTEMPTS", c.max_attempts.to_string());
+        line("MAX_IN_FLIGHT", c.max_in_flight.to_string());
+        line("MAX_IN_FLIGHT_PER_SERVER", c.max_in_flight_per_server.to_string());
+        line("SHUTDOWN_GRACE", ms(c.shutdown_grace));
+        line("EJECT_BASE", ms(c.eject_base));
+        line("EJECT_MAX", ms(c.eject_max));
+        line("FAILURE_THRESHOLD", c.failure_threshold.to_string());
+        line(
+            "MODEL_ALIASES",
+            c.model_aliases.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+        );
+        line("VLLM_API_KEY", c.vllm_api_key.as_ref().map(Secret::masked).unwrap_or_else(|| "(none)".into()));
+        line(
+            "UPSTREAM_CA_FILE",
+            c.upstream_ca_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        );
+        line("LOG_LEVEL", c.log_level.clone());
+        line("LOG_FORMAT", if c.log_format == LogFormat::Json { "json".into() } else { "text".into() });
+        line("STREAM_SHARDS", c.stream_shards.to_string());
+        line("ROUTE_VIA", if c.route_via_registry { "registry".into() } else { "snapshot".into() });
+        line(
+            "TOOL_CALL_FORMATS",
+            c.tool_call_formats.rules().map(|(g, f)| format!("{g}={f}")).collect::<Vec<_>>().join(","),
+        );
+        line("TOOL_CALL_CODE_FENCE", c.tool_call_options.accept_code_fence.to_string());
+        line("TOOL_CALL_HARMONY_STRIPPED", c.tool_call_options.harmony_stripped_recovery.to_string());
+        for s in &c.server_options {
+            line(
+                "servers[]",
+                format!("url={} models={} max_in_flight={}", s.url, s.models.join("|"), s.max_in_flight.map(|n| n.to_string()).unwrap_or_default()),
+            );
+        }
+        out
+    }
+}
+
+/// Where settings come from. The environment is passed in (not read globally) so tests and
+/// the demo can load configs without touching the process environment.
+pub struct Sources<'a> {
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+    pub file: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn load(src: &Sources<'_>) -> Result<ValidatedConfig, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut raw: BTreeMap<String, String> = BTreeMap::new();
+        let mut server_options = Vec::new();
+        if let Some(path) = &src.file {
+            match yaml::load(path) {
+                Ok((flat, servers)) => {
+                    raw.extend(flat);
+                    server_options = servers;
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        let file_errors = std::cell::RefCell::new(Vec::new());
+        let get = |name: &str| -> Option<String> {
+            if let Some(v) = (src.env)(name) {
+                return Some(v);
+            }
+            let file_var = format!("{name}_FILE");
+            if let Some(path) = (src.env)(&file_var) {
+                return match std::fs::read_to_string(&path) {
+                    Ok(s) => Some(s.trim().to_owned()),
+                    Err(e) => {
+                        file_errors.borrow_mut().push(ConfigError { name: file_var, reason: format!("cannot read {path}: {e}") });
+                        None
+                    }
+                };
+            }
+            raw.get(name).cloned()
+        };
+        let mut p = parse::Parser { errors: &mut errors };
+        macro_rules! v {
+            ($name:expr) => {
+                get($name)
+            };
+        }
+        let cfg = Config {
+            host: v!("HOST").unwrap_or_else(|| "0.0.0.0".into()),
+            port: p.num("PORT", v!("PORT"), 8080u16),
+            api_keys: p.secrets(v!("API_KEYS")),
+            admin_api_keys: p.secrets(v!("ADMIN_API_KEYS")),
+            backends: p.backends("BACKENDS", v!("BACKENDS")),
+            vllm_servers: p.servers("VLLM_SERVERS", v!("VLLM_SERVERS")),
+            server_options,
+            enable_cors: p.bool("ENABLE_CORS", v!("ENABLE_CORS"), false),
+            cors_origins: p.cors("CORS_ORIGIN", v!("CORS_ORIGIN")),
+            health_check_interval: p.ms("HEALTH_CHECK_INTERVAL", v!("HEALTH_CHECK_INTERVAL"), 30_000),
+            health_probe_timeout: p.ms("HEALTH_PROBE_TIMEOUT", v!("HEALTH_PROBE_TIMEOUT"), 5_000),
+            discovery_interval: p.ms("DISCOVERY_INTERVAL", v!("DISCOVERY_INTERVAL"), 30_000),
+            connect_timeout: p.ms("CONNECT_TIMEOUT", v!("CONNECT_TIMEOUT"), 5_000),
+            first_byte_timeout: p.ms("FIRST_BYTE_TIMEOUT", v!("FIRST_BYTE_TIMEOUT"), 30_000),
+            request_timeout: p.ms("REQUEST_TIMEOUT", v!("REQUEST_TIMEOUT"), 600_000),
+            body_read_timeout: p.ms("BODY_READ_TIMEOUT", v!("BODY_READ_TIMEOUT"), 30_000),
+            stream_idle_timeout: p.ms("STREAM_IDLE_TIMEOUT", v!("STREAM_IDLE_TIMEOUT"), 60_000),
+            header_read_timeout: p.ms("HEADER_READ_TIMEOUT", v!("HEADER_READ_TIMEOUT"), 10_000),
+            max_body_bytes: p.num("MAX_BODY_BYTES", v!("MAX_BODY_BYTES"), 10 * 1024 * 1024usize),
+            max_attempts: p.num("MAX_ATTEMPTS", v!("MAX_ATTEMPTS"), 2u32),
+            max_in_flight: p.num("MAX_IN_FLIGHT", v!("MAX_IN_FLIGHT"), 4096usize),
+            max_in_flight_per_server: p.num("MAX_IN_FLIGHT_PER_SERVER", v!("MAX_IN_FLIGHT_PER_SERVER"), 512u32),
+            shutdown_grace: p.ms("SHUTDOWN_GRACE", v!("SHUTDOWN_GRACE"), 30_000),
+            eject_base: p.ms("EJECT_BASE", v!("EJECT_BASE"), 30_000),
+            eject_max: p.ms("EJECT_MAX", v!("EJECT_MAX"), 300_000),
+            failure_threshold: p.num("FAILURE_THRESHOLD", v!("FAILURE_THRESHOLD"), 5u32),
+            model_aliases: p.aliases("MODEL_ALIASES", v!("MODEL_ALIASES")),
+            vllm_api_key: v!("VLLM_API_KEY").filter(|s| !s.trim().is_empty()).map(|s| Secret::new(s.trim())),
+            upstream_ca_file: v!("UPSTREAM_CA_FILE").filter(|s| !s.is_empty()).map(PathBuf::from),
+            log_level: v!("LOG_LEVEL").unwrap_or_else(|| "info".into()),
+            log_format: p.log_format("LOG_FORMAT", v!("LOG_FORMAT")),
+            stream_shards: p.num(
+                "STREAM_SHARDS",
+                v!("STREAM_SHARDS"),
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            ),
+            route_via_registry: p.route_via("ROUTE_VIA", v!("ROUTE_VIA")),
+            tool_call_formats: p.tool_formats("TOOL_CALL_FORMATS", v!("TOOL_CALL_FORMATS")),
+            tool_call_options: ToolOptions {
+                accept_code_fence: p.bool("TOOL_CALL_CODE_FENCE", v!("TOOL_CALL_CODE_FENCE"), true),
+                harmony_stripped_recovery: p.bool("TOOL_CALL_HARMONY_STRIPPED", v!("TOOL_CALL_HARMONY_STRIPPED"), false),
+            },
+        };
+        errors.extend(file_errors.into_inner());
+        errors.extend(validate(&cfg));
+        if errors.is_empty() {
+            Ok(ValidatedConfig(cfg))
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Defaults with no backends; tests and the demo fill in what they need.
+    pub fn defaults() -> Config {
+        let none = |_: &str| None;
+        let src = Sources { env: &none, file: None };
+        match Config::load(&src) {
+            Ok(v) => v.0,
+            // Defaults always validate; a failure here is a programming error caught by tests.
+            Err(e) => unreachable!("default config invalid: {e:?}"),
+        }
+    }
+}
+
+fn validate(c: &Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let mut err = |name: &str, reason: &str| errors.push(ConfigError { name: name.into(), reason: reason.into() });
+    if c.max_attempts == 0 {
+        err("MAX_ATTEMPTS", "must be at least 1");
+    }
+    if c.max_body_bytes == 0 {
+        err("MAX_BODY_BYTES", "must be greater than 0");
+    }
+    if c.max_in_flight == 0 {
+        err("MAX_IN_FLIGHT", "must be greater than 0");
+    }
+    if c.stream_shards == 0 || c.stream_shards > 256 {
+        err("STREAM_SHARDS", "must be between 1 and 256");
+    }
+    for (name, d) in [
+        ("HEALTH_CHECK_INTERVAL", c.health_check_interval),
+        ("DISCOVERY_INTERVAL", c.discovery_interval),
+        ("CONNECT_TIMEOUT", c.connect_timeout),
+        ("FIRST_BYTE_TIMEOUT", c.first_byte_timeout),
+        ("STREAM_IDLE_TIMEOUT", c.stream_idle_timeout),
+        ("REQUEST_TIMEOUT", c.request_timeout),
+        ("BODY_READ_TIMEOUT", c.body_read_timeout),
+        ("HEADER_READ_TIMEOUT", c.header_read_timeout),
+        ("HEALTH_PROBE_TIMEOUT", c.health_probe_timeout),
+    ] {
+        if d.is_zero() {
+            err(name, "must be greater than 0 ms");
+        }
+    }
+    if c.eject_max < c.eject_base {
+        err("EJECT_MAX", "must not be smaller than EJECT_BASE");
+    }
+    if c.failure_threshold == 0 {
+        err("FAILURE_THRESHOLD", "must be at least 1");
+    }
+    if c.enable_cors && c.cors_origins == CorsOrigins::List(Vec::new()) {
+        err("CORS_ORIGIN", "ENABLE_CORS=true needs CORS_ORIGIN (a list of origins, or *)");
+    }
+    if let Some(path) = &c.upstream_ca_file {
+        if !path.is_file() {
+            err("UPSTREAM_CA_FILE", "file does not exist or is not readable");
+        }
+    }
+    if tracing_subscriber::EnvFilter::try_new(&c.log_level).is_err() {
+        err("LOG_LEVEL", "not a valid level or filter (e.g. info, debug, llmmux=debug)");
+    }
+    for (alias, target) in &c.model_aliases {
+        if alias == target {
+            err("MODEL_ALIASES", &format!("alias {alias:?} points to itself"));
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests;

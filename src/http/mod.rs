@@ -1,0 +1,13 @@
+//! The HTTP front end on plain hyper: accept loop, routing, auth, CORS, error mapping.
+//! OpenAI protocol types live only here and in `proxy`.
+
+pub mod admin;
+pub mod auth;
+pub mod body;
+pub mod cors;
+pub mod error;
+pub mod models;
+pub mod ops;
+pub mod request_id;
+pub mod router;
+pub mod server;

@@ -1,0 +1,64 @@
+//! `GET /v1/models` and `GET /v1/models/{id}`: models some healthy server serves, in the
+//! OpenAI list shape with vLLM's extra fields, plus configured aliases. `created` is the
+//! first time the gateway saw the id, so it is stable across calls.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::body::Body;
+use super::error::{json_response, GatewayError};
+use crate::app::AppState;
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// id → card for every model with at least one routable server.
+pub fn available(state: &AppState) -> BTreeMap<String, Value> {
+    let table = state.registry.table.load();
+    let mut out: BTreeMap<String, Value> = BTreeMap::new();
+    for entry in table.backends.values().filter(|e| e.routable()) {
+        for m in &entry.models {
+            if out.contains_key(&*m.id) {
+                continue;
+            }
+            let card = m
+                .card
+                .as_deref()
+                .and_then(|c| serde_json::from_str::<Value>(c).ok())
+                .filter(Value::is_object)
+                .unwrap_or_else(|| json!({"id": &*m.id, "object": "model", "owned_by": "vllm"}));
+            out.insert(m.id.to_string(), card);
+        }
+    }
+    for (alias, target) in &state.cfg.model_aliases {
+        if let Some(card) = out.get(target).cloned() {
+            let mut card = card;
+            card["id"] = json!(alias);
+            card["root"] = card.get("root").cloned().unwrap_or_else(|| json!(target));
+            out.entry(alias.clone()).or_insert(card);
+        }
+    }
+    let mut seen = state.model_first_seen.lock().unwrap_or_else(|p| p.into_inner());
+    for (id, card) in out.iter_mut() {
+        let created = *seen.entry(id.clone()).or_insert_with(now);
+        card["created"] = json!(created);
+        card["object"] = json!("model");
+    }
+    out
+}
+
+pub fn list(state: &AppState) -> Response<Body> {
+    let data: Vec<Value> = available(state).into_values().collect();
+    json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+}
+
+pub fn one(state: &AppState, id: &str) -> Response<Body> {
+    match available(state).remove(id) {
+        Some(card) => json_response(StatusCode::OK, &card),
+        None => GatewayError::ModelNotFound(id.to_owned()).into_response(),
+    }
+}

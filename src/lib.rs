@@ -1,0 +1,23 @@
+//! LLMMux: one OpenAI-compatible endpoint in front of many vLLM servers.
+//!
+//! Codemap (see ARCHITECTURE.md for the request flow and the actor tree):
+//! - [`config`]: typed settings from env / YAML, validated at start-up.
+//! - [`app`]: composition root; builds the routing snapshot and the supervised actor tree
+//!   (crate `llmmux-actors`), then serves.
+//! - [`http`]: hyper front end: accept loop, router, auth, CORS, errors, admin/ops endpoints.
+//! - [`proxy`]: the hot path: prepare, route, retry before the first byte, relay, stream pump.
+//! - [`upstream`]: the HTTP client and the probe / discovery port implementations.
+//! - [`toolcall`]: pure tool-call repair transform (no I/O).
+//! - [`sim`]: the simulated vLLM server used by tests, the demo and benchmarks.
+//! - [`cli`]: subcommands (`serve`, `check-config`, `demo`, `sim-vllm`, `healthcheck`).
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod proxy;
+pub mod sim;
+pub mod telemetry;
+pub mod toolcall;
+pub mod upstream;
