@@ -1,0 +1,123 @@
+//! Shared test harness: real gateways (`App::start`) on 127.0.0.1:0 in front of simulated
+//! vLLM servers, real HTTP clients, waits on conditions instead of sleeps.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use llmmux::app::App;
+use llmmux::config::{Config, Sources};
+use llmmux::sim::{self, SimConfig, SimHandle};
+use tokio::net::TcpListener;
+
+pub const KEY: &str = "sk-test";
+pub const ADMIN: &str = "sk-admin";
+
+pub async fn sim(models: &[&str]) -> SimHandle {
+    sim_with(models, |_| {}).await
+}
+
+pub async fn sim_with(models: &[&str], f: impl FnOnce(&mut SimConfig)) -> SimHandle {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sim");
+    let mut cfg = SimConfig { models: models.iter().map(|m| m.to_string()).collect(), completion_tokens: 8, ..SimConfig::default() };
+    f(&mut cfg);
+    sim::start(listener, cfg).await.expect("start sim")
+}
+
+/// Test defaults: short intervals and timeouts so faults resolve in well under a second.
+pub fn base_vars() -> Vec<(&'static str, String)> {
+    vec![
+        ("API_KEYS", KEY.into()),
+        ("ADMIN_API_KEYS", ADMIN.into()),
+        ("HEALTH_CHECK_INTERVAL", "200".into()),
+        ("HEALTH_PROBE_TIMEOUT", "500".into()),
+        ("DISCOVERY_INTERVAL", "200".into()),
+        ("CONNECT_TIMEOUT", "500".into()),
+        ("FIRST_BYTE_TIMEOUT", "1000".into()),
+        ("REQUEST_TIMEOUT", "3000".into()),
+        ("STREAM_IDLE_TIMEOUT", "1000".into()),
+        ("EJECT_BASE", "1000".into()),
+        ("EJECT_MAX", "5000".into()),
+        ("SHUTDOWN_GRACE", "2000".into()),
+        ("LOG_LEVEL", "warn".into()),
+    ]
+}
+
+pub async fn gateway(extra: &[(&str, String)]) -> App {
+    let mut vars: HashMap<String, String> = base_vars().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    for (k, v) in extra {
+        vars.insert(k.to_string(), v.clone());
+    }
+    if std::env::var("TEST_LOG").is_ok() {
+        llmmux::telemetry::init("info", llmmux::config::LogFormat::Text);
+    }
+    let env = move |k: &str| vars.get(k).cloned();
+    let cfg = Config::load(&Sources { env: &env, file: None }).expect("valid test config");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
+    App::start(cfg, listener).await.expect("start gateway")
+}
+
+/// `VLLM_SERVERS` value for some sims.
+pub fn servers(sims: &[&SimHandle]) -> String {
+    sims.iter().map(|s| s.addr().to_string()).collect::<Vec<_>>().join(",")
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client")
+}
+
+pub fn url(app: &App, path: &str) -> String {
+    format!("http://{}{}", app.addr, path)
+}
+
+pub fn chat(model: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+pub async fn post(app: &App, path: &str, body: &serde_json::Value) -> reqwest::Response {
+    client().post(url(app, path)).bearer_auth(KEY).json(body).send().await.expect("request sent")
+}
+
+/// Poll `cond` until it holds or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wait until every server in the routing table has been probed healthy.
+pub async fn all_healthy(app: &App) {
+    let ok = app
+        .state
+        .registry
+        .table
+        .wait_for(Duration::from_secs(10), |t| t.backends.values().all(|e| e.health == llmmux_actors::table::HealthState::Healthy))
+        .await;
+    assert!(ok, "servers did not become healthy");
+}
+
+/// SSE `data:` payloads of a finished stream body.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n").filter_map(|ev| ev.strip_prefix("data: ")).map(str::to_owned).collect()
+}
+
+/// Concatenated `delta.content` of a chat stream.
+pub fn stream_text(events: &[String]) -> String {
+    events
+        .iter()
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect()
+}
