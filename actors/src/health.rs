@@ -148,10 +148,9 @@ impl Actor for HealthActor {
                 if let Err(reason) = &res {
                     debug!(backend = %state.args.handle.id, %reason, "health probe failed");
                 }
+                // A green probe does not clear passive failures: a wedged engine can keep
+                // /health green while every request fails.
                 state.breaker.on_probe(res, Instant::now(), &state.args.cfg);
-                if state.breaker.state == HealthState::Healthy {
-                    state.args.handle.consecutive_failures.store(0, Ordering::Release);
-                }
                 state.report();
                 let next = if state.breaker.state == HealthState::Healthy {
                     state.args.cfg.interval
