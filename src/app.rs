@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use llmmux_actors::discovery::{DiscoveryActor, DiscoveryArgs, DiscoveryHandle, DiscoveryMsg, DiscoveryStats};
+use llmmux_actors::discovery::{
+    DiscoveryActor, DiscoveryArgs, DiscoveryHandle, DiscoveryMsg, DiscoveryStats,
+};
 use llmmux_actors::health::{HealthActor, HealthArgs, HealthConfig, HealthMsg};
 use llmmux_actors::ractor::{Actor, ActorRef};
 use llmmux_actors::registry::{RegistryActor, RegistryHandle, RegistryMsg};
@@ -15,7 +17,10 @@ use llmmux_actors::root::{ChildSpec, RootActor, RootArgs, RootMsg, SupervisionRe
 use llmmux_actors::slot::Slot;
 use llmmux_actors::stream::{StreamSpawner, StreamSupervisor, StreamSupervisorMsg};
 use llmmux_actors::supervision::RestartPolicy;
-use llmmux_actors::table::{BackendEntry, BackendHandle, BackendId, HealthState, ModelCard, ModelSource, RoutingTable, SharedTable};
+use llmmux_actors::table::{
+    BackendEntry, BackendHandle, BackendId, HealthState, ModelCard, ModelSource, RoutingTable,
+    SharedTable,
+};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -69,7 +74,10 @@ impl FaultInjector {
         match kind {
             ActorKind::Registry => self.registry.cast(RegistryMsg::Crash),
             ActorKind::Discovery => self.discovery.cast(DiscoveryMsg::Crash),
-            ActorKind::Health => self.health.first().is_some_and(|s| s.cast(HealthMsg::Crash)),
+            ActorKind::Health => self
+                .health
+                .first()
+                .is_some_and(|s| s.cast(HealthMsg::Crash)),
             ActorKind::Stream => self.streams.crash_one().await,
         }
     }
@@ -99,7 +107,12 @@ fn plan_servers(cfg: &ValidatedConfig) -> Vec<ServerPlan> {
         if let Some(i) = plans.iter().position(|p| p.url == url) {
             return &mut plans[i];
         }
-        plans.push(ServerPlan { url: url.to_owned(), static_models: Vec::new(), discovered: false, max_in_flight: cap });
+        plans.push(ServerPlan {
+            url: url.to_owned(),
+            static_models: Vec::new(),
+            discovered: false,
+            max_in_flight: cap,
+        });
         let last = plans.len() - 1;
         &mut plans[last]
     }
@@ -114,7 +127,9 @@ fn plan_servers(cfg: &ValidatedConfig) -> Vec<ServerPlan> {
         }
     }
     for s in &cfg.server_options {
-        let Ok(url) = normalize_base_url(&s.url) else { continue };
+        let Ok(url) = normalize_base_url(&s.url) else {
+            continue;
+        };
         let p = entry(&mut plans, &url, cap);
         p.discovered = s.discover;
         if let Some(n) = s.max_in_flight {
@@ -133,8 +148,17 @@ fn initial_table(cfg: &ValidatedConfig) -> RoutingTable {
     let mut backends = BTreeMap::new();
     for (i, plan) in plan_servers(cfg).into_iter().enumerate() {
         let id = BackendId::new(format!("server-{}", i + 1));
-        let models: Vec<ModelCard> = plan.static_models.iter().map(|m| ModelCard::bare(m)).collect();
-        let handle = Arc::new(BackendHandle::new(id.clone(), &plan.url, plan.max_in_flight, cfg.failure_threshold));
+        let models: Vec<ModelCard> = plan
+            .static_models
+            .iter()
+            .map(|m| ModelCard::bare(m))
+            .collect();
+        let handle = Arc::new(BackendHandle::new(
+            id.clone(),
+            &plan.url,
+            plan.max_in_flight,
+            cfg.failure_threshold,
+        ));
         backends.insert(
             id,
             BackendEntry {
@@ -194,7 +218,8 @@ impl App {
                 start: Arc::new(move |sup| {
                     let (slot, table) = (slot.clone(), table.clone());
                     Box::pin(async move {
-                        let (actor, _) = Actor::spawn_linked(None, RegistryActor, table, sup).await?;
+                        let (actor, _) =
+                            Actor::spawn_linked(None, RegistryActor, table, sup).await?;
                         slot.set(actor.clone());
                         Ok(actor.get_cell())
                     })
@@ -213,7 +238,12 @@ impl App {
         let discovery = if discovered.is_empty() {
             None
         } else {
-            let (slot, reg, stats, control) = (discovery_slot.clone(), registry_slot.clone(), discovery_stats.clone(), control.clone());
+            let (slot, reg, stats, control) = (
+                discovery_slot.clone(),
+                registry_slot.clone(),
+                discovery_stats.clone(),
+                control.clone(),
+            );
             let (interval, timeout) = (cfg.discovery_interval, cfg.health_probe_timeout);
             children.push(ChildSpec {
                 key: "discovery".into(),
@@ -229,13 +259,17 @@ impl App {
                     };
                     let slot = slot.clone();
                     Box::pin(async move {
-                        let (actor, _) = Actor::spawn_linked(None, DiscoveryActor, args, sup).await?;
+                        let (actor, _) =
+                            Actor::spawn_linked(None, DiscoveryActor, args, sup).await?;
                         slot.set(actor.clone());
                         Ok(actor.get_cell())
                     })
                 }),
             });
-            Some(DiscoveryHandle { slot: discovery_slot.clone(), stats: discovery_stats })
+            Some(DiscoveryHandle {
+                slot: discovery_slot.clone(),
+                stats: discovery_stats,
+            })
         };
 
         let health_cfg = HealthConfig {
@@ -248,7 +282,12 @@ impl App {
         for entry in snapshot.backends.values() {
             let handle = entry.handle.clone();
             health_slots.push(handle.health.clone());
-            let (prober, reg, table, hc) = (control.clone(), registry_slot.clone(), table.clone(), health_cfg.clone());
+            let (prober, reg, table, hc) = (
+                control.clone(),
+                registry_slot.clone(),
+                table.clone(),
+                health_cfg.clone(),
+            );
             children.push(ChildSpec {
                 key: format!("health-{}", handle.id),
                 policy,
@@ -268,7 +307,8 @@ impl App {
             });
         }
 
-        let shard_slots: Vec<Slot<StreamSupervisorMsg>> = (0..cfg.stream_shards).map(|_| Slot::default()).collect();
+        let shard_slots: Vec<Slot<StreamSupervisorMsg>> =
+            (0..cfg.stream_shards).map(|_| Slot::default()).collect();
         for (i, slot) in shard_slots.iter().enumerate() {
             let slot = slot.clone();
             children.push(ChildSpec {
@@ -277,7 +317,8 @@ impl App {
                 start: Arc::new(move |sup| {
                     let slot = slot.clone();
                     Box::pin(async move {
-                        let (actor, _) = Actor::spawn_linked(None, StreamSupervisor, i, sup).await?;
+                        let (actor, _) =
+                            Actor::spawn_linked(None, StreamSupervisor, i, sup).await?;
                         slot.set(actor.clone());
                         Ok(actor.get_cell())
                     })
@@ -287,9 +328,16 @@ impl App {
         let streams = StreamSpawner::new(shard_slots);
 
         let report: SupervisionReport = Arc::default();
-        let (root, root_join) = Actor::spawn(None, RootActor, RootArgs { children, report: report.clone() })
-            .await
-            .map_err(|e| AppError::Actors(e.to_string()))?;
+        let (root, root_join) = Actor::spawn(
+            None,
+            RootActor,
+            RootArgs {
+                children,
+                report: report.clone(),
+            },
+        )
+        .await
+        .map_err(|e| AppError::Actors(e.to_string()))?;
 
         let state = Arc::new(AppState {
             registry: RegistryHandle {
@@ -308,7 +356,12 @@ impl App {
             supervision: report,
             toolcalls: Arc::new(ToolCallCounters::default()),
             model_first_seen: Mutex::new(HashMap::new()),
-            faults: FaultInjector { registry: registry_slot, discovery: discovery_slot, health: health_slots, streams },
+            faults: FaultInjector {
+                registry: registry_slot,
+                discovery: discovery_slot,
+                health: health_slots,
+                streams,
+            },
             started: Instant::now(),
             cfg,
         });
@@ -326,9 +379,20 @@ impl App {
                 }
             })
         };
-        let server = tokio::spawn(crate::http::server::serve(listener, state.clone(), stop_accepting.clone()));
+        let server = tokio::spawn(crate::http::server::serve(
+            listener,
+            state.clone(),
+            stop_accepting.clone(),
+        ));
         info!(%addr, servers = state.registry.table.load().backends.len(), "llmmux listening");
-        Ok(App { state, addr, root, root_done, stop_accepting, server })
+        Ok(App {
+            state,
+            addr,
+            root,
+            root_done,
+            stop_accepting,
+            server,
+        })
     }
 
     /// Resolves when the gateway should stop by itself (escalation).

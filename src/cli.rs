@@ -14,7 +14,11 @@ use crate::config::{Config, ConfigError, Sources, ValidatedConfig};
 use crate::sim::{self, SimConfig, ToolText};
 
 #[derive(Parser, Debug)]
-#[command(name = "llmmux", version, about = "OpenAI-compatible gateway in front of many vLLM servers")]
+#[command(
+    name = "llmmux",
+    version,
+    about = "OpenAI-compatible gateway in front of many vLLM servers"
+)]
 pub struct Cli {
     /// Optional YAML file with the same settings as the environment (the environment wins).
     #[arg(long, global = true)]
@@ -64,8 +68,11 @@ pub struct SimArgs {
     pub tool_text: Option<String>,
 }
 
-fn env_sources(file: Option<PathBuf>) -> impl FnOnce(&dyn Fn(&str) -> Option<String>) -> Result<ValidatedConfig, Vec<ConfigError>> {
-    move |env| Config::load(&Sources { env, file })
+fn load_config(
+    file: Option<PathBuf>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ValidatedConfig, Vec<ConfigError>> {
+    Config::load(&Sources { env, file })
 }
 
 fn process_env(name: &str) -> Option<String> {
@@ -81,7 +88,10 @@ fn report(errors: &[ConfigError]) -> i32 {
 
 pub fn main_exit_code() -> i32 {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -93,11 +103,11 @@ pub fn main_exit_code() -> i32 {
 
 async fn run(cli: Cli) -> i32 {
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => match env_sources(cli.config)(&process_env) {
+        Command::Serve => match load_config(cli.config, &process_env) {
             Ok(cfg) => serve(cfg).await,
             Err(errors) => report(&errors),
         },
-        Command::CheckConfig => match env_sources(cli.config)(&process_env) {
+        Command::CheckConfig => match load_config(cli.config, &process_env) {
             Ok(cfg) => {
                 print!("{}", cfg.render_masked());
                 if !cfg.has_backends() {
@@ -183,7 +193,9 @@ async fn sim_vllm(args: SimArgs) -> i32 {
         None => None,
         Some(Ok(t)) => Some(t),
         Some(Err(_)) => {
-            eprintln!("--tool-text: expected gptoss, harmony, hermes, llama3_json, mistral or pythonic");
+            eprintln!(
+                "--tool-text: expected gptoss, harmony, hermes, llama3_json, mistral or pythonic"
+            );
             return 2;
         }
     };
@@ -222,8 +234,11 @@ async fn sim_vllm(args: SimArgs) -> i32 {
 /// calls as text, one Llama-3-style model) behind the gateway, with static keys.
 async fn demo(file: Option<PathBuf>) -> i32 {
     let mut sims = Vec::new();
-    let specs: [(&str, ToolText); 3] =
-        [("qwen3-8b", ToolText::Hermes), ("qwen3-8b", ToolText::Hermes), ("llama-3.1-8b-instruct", ToolText::Llama3Json)];
+    let specs: [(&str, ToolText); 3] = [
+        ("qwen3-8b", ToolText::Hermes),
+        ("qwen3-8b", ToolText::Hermes),
+        ("llama-3.1-8b-instruct", ToolText::Llama3Json),
+    ];
     for (model, tool) in specs {
         let listener = match TcpListener::bind("127.0.0.1:0").await {
             Ok(l) => l,
@@ -248,20 +263,26 @@ async fn demo(file: Option<PathBuf>) -> i32 {
             }
         }
     }
-    let servers = sims.iter().map(|h| h.addr().to_string()).collect::<Vec<_>>().join(",");
+    let servers = sims
+        .iter()
+        .map(|h| h.addr().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let demo_env = move |name: &str| -> Option<String> {
         match name {
             "VLLM_SERVERS" => Some(servers.clone()),
             "BACKENDS" => Some(String::new()),
             "API_KEYS" => Some(std::env::var("API_KEYS").unwrap_or_else(|_| "sk-demo".into())),
-            "ADMIN_API_KEYS" => Some(std::env::var("ADMIN_API_KEYS").unwrap_or_else(|_| "sk-demo-admin".into())),
+            "ADMIN_API_KEYS" => {
+                Some(std::env::var("ADMIN_API_KEYS").unwrap_or_else(|_| "sk-demo-admin".into()))
+            }
             "HEALTH_CHECK_INTERVAL" => Some(std::env::var(name).unwrap_or_else(|_| "5000".into())),
             "DISCOVERY_INTERVAL" => Some(std::env::var(name).unwrap_or_else(|_| "10000".into())),
             "HOST" => Some(std::env::var(name).unwrap_or_else(|_| "127.0.0.1".into())),
             other => std::env::var(other).ok(),
         }
     };
-    let cfg = match env_sources(file)(&demo_env) {
+    let cfg = match load_config(file, &demo_env) {
         Ok(c) => c,
         Err(errors) => return report(&errors),
     };
@@ -274,7 +295,11 @@ async fn demo(file: Option<PathBuf>) -> i32 {
         Ok(a) => a,
         Err(_) => return 1,
     };
-    let key = cfg.api_keys.first().map(|k| k.expose().to_owned()).unwrap_or_default();
+    let key = cfg
+        .api_keys
+        .first()
+        .map(|k| k.expose().to_owned())
+        .unwrap_or_default();
     println!(
         r#"
 LLMMux demo: gateway on http://{addr} in front of 3 simulated vLLM servers
@@ -294,7 +319,11 @@ LLMMux demo: gateway on http://{addr} in front of 3 simulated vLLM servers
 
 Ctrl-C stops the demo.
 "#,
-        admin = cfg.admin_api_keys.first().map(|k| k.expose().to_owned()).unwrap_or_default(),
+        admin = cfg
+            .admin_api_keys
+            .first()
+            .map(|k| k.expose().to_owned())
+            .unwrap_or_default(),
     );
     let code = run_app(cfg, listener).await;
     for s in sims {
@@ -305,10 +334,16 @@ Ctrl-C stops the demo.
 
 async fn healthcheck(url: Option<String>) -> i32 {
     let url = url.unwrap_or_else(|| {
-        let port = std::env::var("PORT").ok().filter(|p| p.parse::<u16>().is_ok()).unwrap_or_else(|| "8080".into());
+        let port = std::env::var("PORT")
+            .ok()
+            .filter(|p| p.parse::<u16>().is_ok())
+            .unwrap_or_else(|| "8080".into());
         format!("http://127.0.0.1:{port}/healthz")
     });
-    let client = match reqwest::Client::builder().timeout(Duration::from_secs(3)).build() {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+    {
         Ok(c) => c,
         Err(_) => return 1,
     };

@@ -34,15 +34,19 @@ pub fn build_client(cfg: &ValidatedConfig) -> Result<reqwest::Client, UpstreamSe
         .http1_only();
     if let Some(path) = &cfg.upstream_ca_file {
         let pem = std::fs::read(path).map_err(|e| UpstreamSetupError::CaFile(e.to_string()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| UpstreamSetupError::CaFile(e.to_string()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| UpstreamSetupError::CaFile(e.to_string()))?;
         if certs.is_empty() {
-            return Err(UpstreamSetupError::CaFile("no certificate found in the file".into()));
+            return Err(UpstreamSetupError::CaFile(
+                "no certificate found in the file".into(),
+            ));
         }
         for c in certs {
             b = b.add_root_certificate(c);
         }
     }
-    b.build().map_err(|e| UpstreamSetupError::Client(e.to_string()))
+    b.build()
+        .map_err(|e| UpstreamSetupError::Client(e.to_string()))
 }
 
 /// Probes and model listing over HTTP.
@@ -77,7 +81,11 @@ fn reason(e: &reqwest::Error) -> String {
 impl Prober for HttpControlPlane {
     fn probe<'a>(&'a self, base_url: &'a str) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let resp = self.get(format!("{base_url}/health")).send().await.map_err(|e| reason(&e))?;
+            let resp = self
+                .get(format!("{base_url}/health"))
+                .send()
+                .await
+                .map_err(|e| reason(&e))?;
             if resp.status().is_success() {
                 Ok(())
             } else {
@@ -88,9 +96,16 @@ impl Prober for HttpControlPlane {
 }
 
 impl ModelLister for HttpControlPlane {
-    fn list_models<'a>(&'a self, base_url: &'a str) -> BoxFuture<'a, Result<Vec<ModelCard>, String>> {
+    fn list_models<'a>(
+        &'a self,
+        base_url: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ModelCard>, String>> {
         Box::pin(async move {
-            let mut resp = self.get(format!("{base_url}/v1/models")).send().await.map_err(|e| reason(&e))?;
+            let mut resp = self
+                .get(format!("{base_url}/v1/models"))
+                .send()
+                .await
+                .map_err(|e| reason(&e))?;
             if !resp.status().is_success() {
                 return Err(format!("/v1/models answered {}", resp.status().as_u16()));
             }
@@ -115,15 +130,24 @@ pub fn valid_model_id(id: &str) -> bool {
 }
 
 pub fn parse_model_list(body: &[u8]) -> Result<Vec<ModelCard>, String> {
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| "invalid /v1/models JSON".to_owned())?;
-    let data = v.get("data").and_then(|d| d.as_array()).ok_or_else(|| "/v1/models has no data list".to_owned())?;
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| "invalid /v1/models JSON".to_owned())?;
+    let data = v
+        .get("data")
+        .and_then(|d| d.as_array())
+        .ok_or_else(|| "/v1/models has no data list".to_owned())?;
     let mut out: Vec<ModelCard> = Vec::new();
     for card in data.iter().take(MAX_MODELS_PER_SERVER) {
-        let Some(id) = card.get("id").and_then(|i| i.as_str()) else { continue };
+        let Some(id) = card.get("id").and_then(|i| i.as_str()) else {
+            continue;
+        };
         if !valid_model_id(id) || out.iter().any(|m| &*m.id == id) {
             continue;
         }
-        out.push(ModelCard { id: id.into(), card: Some(Arc::from(card.to_string())) });
+        out.push(ModelCard {
+            id: id.into(),
+            card: Some(Arc::from(card.to_string())),
+        });
     }
     Ok(out)
 }

@@ -18,7 +18,11 @@ async fn server_killed_mid_stream_ends_with_error_event_and_no_retry() {
     a.set_fault(Fault::ResetAfter(3));
     b.set_fault(Fault::ResetAfter(3));
     let started = Instant::now();
-    let body = post(&app, "/v1/chat/completions", &chat("m", true)).await.text().await.expect("body");
+    let body = post(&app, "/v1/chat/completions", &chat("m", true))
+        .await
+        .text()
+        .await
+        .expect("body");
     let events = sse_data(&body);
     assert!(started.elapsed() < Duration::from_secs(5));
     let n = events.len();
@@ -31,7 +35,11 @@ async fn server_killed_mid_stream_ends_with_error_event_and_no_retry() {
     // Content chunks before the failure arrived, once each.
     let text = stream_text(&events);
     assert!(text.starts_with("tok0"), "{text}");
-    assert_eq!(a.stats().inference_requests + b.stats().inference_requests, 1, "never retried after the first byte");
+    assert_eq!(
+        a.stats().inference_requests + b.stats().inference_requests,
+        1,
+        "never retried after the first byte"
+    );
     app.shutdown().await;
 }
 
@@ -41,13 +49,23 @@ async fn stalled_stream_gets_error_after_idle_timeout_and_upstream_is_dropped() 
     let app = gateway(&[("BACKENDS", format!("m:{}", a.addr()))]).await;
     a.set_fault(Fault::StallAfter(2));
     let started = Instant::now();
-    let body = post(&app, "/v1/chat/completions", &chat("m", true)).await.text().await.expect("body");
+    let body = post(&app, "/v1/chat/completions", &chat("m", true))
+        .await
+        .text()
+        .await
+        .expect("body");
     let elapsed = started.elapsed();
     let events = sse_data(&body);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     assert!(body.contains("upstream_timeout"), "{body}");
-    assert!(elapsed < Duration::from_secs(10), "idle timeout 1 s, took {elapsed:?}");
-    assert!(a.wait_disconnects(1, Duration::from_secs(5)).await, "gateway dropped the stalled upstream");
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "idle timeout 1 s, took {elapsed:?}"
+    );
+    assert!(
+        a.wait_disconnects(1, Duration::from_secs(5)).await,
+        "gateway dropped the stalled upstream"
+    );
     app.shutdown().await;
 }
 
@@ -72,7 +90,11 @@ async fn hanging_server_is_retried_on_a_replica_before_first_byte() {
 #[tokio::test]
 async fn sole_hanging_server_times_out_with_504() {
     let a = sim(&["m"]).await;
-    let app = gateway(&[("BACKENDS", format!("m:{}", a.addr())), ("REQUEST_TIMEOUT", "1000".into())]).await;
+    let app = gateway(&[
+        ("BACKENDS", format!("m:{}", a.addr())),
+        ("REQUEST_TIMEOUT", "1000".into()),
+    ])
+    .await;
     a.set_fault(Fault::Hang);
     for stream in [false, true] {
         let started = Instant::now();
@@ -82,7 +104,10 @@ async fn sole_hanging_server_times_out_with_504() {
         let v: Value = r.json().await.expect("json");
         assert_eq!(v["error"]["code"], "upstream_timeout");
     }
-    assert!(a.wait_disconnects(2, Duration::from_secs(5)).await, "hung upstream requests were dropped");
+    assert!(
+        a.wait_disconnects(2, Duration::from_secs(5)).await,
+        "hung upstream requests were dropped"
+    );
     app.shutdown().await;
 }
 
@@ -90,8 +115,16 @@ async fn sole_hanging_server_times_out_with_504() {
 async fn server_503_and_resets_before_headers_are_retried_elsewhere() {
     let a = sim(&["m"]).await;
     let b = sim(&["m"]).await;
-    let app = gateway(&[("BACKENDS", format!("m:{},m:{}", a.addr(), b.addr())), ("FAILURE_THRESHOLD", "1000".into())]).await;
-    for fault in [Fault::Status(503), Fault::CloseBeforeHeaders, Fault::ModelNotFound] {
+    let app = gateway(&[
+        ("BACKENDS", format!("m:{},m:{}", a.addr(), b.addr())),
+        ("FAILURE_THRESHOLD", "1000".into()),
+    ])
+    .await;
+    for fault in [
+        Fault::Status(503),
+        Fault::CloseBeforeHeaders,
+        Fault::ModelNotFound,
+    ] {
         a.set_fault(fault.clone());
         for stream in [false, true] {
             for _ in 0..4 {
@@ -104,9 +137,17 @@ async fn server_503_and_resets_before_headers_are_retried_elsewhere() {
     a.set_fault(Fault::None);
     b.set_fault(Fault::None);
     let before = a.stats().inference_requests + b.stats().inference_requests;
-    let r = post(&app, "/v1/chat/completions", &json!({"model": "m", "messages": [{"role":"user","content":"x"}], "temperature": -1})).await;
+    let r = post(
+        &app,
+        "/v1/chat/completions",
+        &json!({"model": "m", "messages": [{"role":"user","content":"x"}], "temperature": -1}),
+    )
+    .await;
     assert_eq!(r.status(), 400);
-    assert_eq!(a.stats().inference_requests + b.stats().inference_requests, before + 1);
+    assert_eq!(
+        a.stats().inference_requests + b.stats().inference_requests,
+        before + 1
+    );
     app.shutdown().await;
 }
 
@@ -114,7 +155,11 @@ async fn server_503_and_resets_before_headers_are_retried_elsewhere() {
 async fn all_servers_failing_returns_their_error_without_retry_storm() {
     let a = sim(&["m"]).await;
     let b = sim(&["m"]).await;
-    let app = gateway(&[("BACKENDS", format!("m:{},m:{}", a.addr(), b.addr())), ("FAILURE_THRESHOLD", "1000".into())]).await;
+    let app = gateway(&[
+        ("BACKENDS", format!("m:{},m:{}", a.addr(), b.addr())),
+        ("FAILURE_THRESHOLD", "1000".into()),
+    ])
+    .await;
     a.set_fault(Fault::Status(503));
     b.set_fault(Fault::Status(503));
     let n = 20;
@@ -126,7 +171,10 @@ async fn all_servers_failing_returns_their_error_without_retry_storm() {
         assert_eq!(v["error"]["type"], "server_error");
     }
     let attempts = a.stats().inference_requests + b.stats().inference_requests;
-    assert!(attempts <= 2 * n, "at most MAX_ATTEMPTS per request, got {attempts}");
+    assert!(
+        attempts <= 2 * n,
+        "at most MAX_ATTEMPTS per request, got {attempts}"
+    );
     app.shutdown().await;
 }
 
@@ -134,30 +182,70 @@ async fn all_servers_failing_returns_their_error_without_retry_storm() {
 async fn passive_ejection_then_readmission_but_never_the_last_server() {
     let a = sim(&["m"]).await;
     let b = sim(&["m"]).await;
-    let app = gateway(&[("BACKENDS", format!("m:{},m:{}", a.addr(), b.addr())), ("HEALTH_CHECK_INTERVAL", "100".into())]).await;
+    let app = gateway(&[
+        ("BACKENDS", format!("m:{},m:{}", a.addr(), b.addr())),
+        ("HEALTH_CHECK_INTERVAL", "100".into()),
+    ])
+    .await;
     all_healthy(&app).await;
     a.set_fault(Fault::Status(502));
     for _ in 0..20 {
-        assert_eq!(post(&app, "/v1/chat/completions", &chat("m", false)).await.status(), 200);
+        assert_eq!(
+            post(&app, "/v1/chat/completions", &chat("m", false))
+                .await
+                .status(),
+            200
+        );
     }
-    let ejected = app.state.registry.table.wait_for(Duration::from_secs(5), |t| {
-        t.backends.values().any(|e| matches!(e.health, llmmux_actors::table::HealthState::Ejected { .. }))
-    });
+    let ejected = app
+        .state
+        .registry
+        .table
+        .wait_for(Duration::from_secs(5), |t| {
+            t.backends
+                .values()
+                .any(|e| matches!(e.health, llmmux_actors::table::HealthState::Ejected { .. }))
+        });
     assert!(ejected.await, "server A ejected after consecutive 502s");
     a.set_fault(Fault::None);
-    let back = app.state.registry.table.wait_for(Duration::from_secs(10), |t| t.backends.values().all(|e| e.routable()));
-    assert!(back.await, "re-admitted after the ejection period and a good probe");
+    let back = app
+        .state
+        .registry
+        .table
+        .wait_for(Duration::from_secs(10), |t| {
+            t.backends.values().all(|e| e.routable())
+        });
+    assert!(
+        back.await,
+        "re-admitted after the ejection period and a good probe"
+    );
 
     // The sole server of a model is never ejected for request-level errors.
     let solo = sim(&["solo"]).await;
-    let app2 = gateway(&[("BACKENDS", format!("solo:{}", solo.addr())), ("FAILURE_THRESHOLD", "2".into())]).await;
+    let app2 = gateway(&[
+        ("BACKENDS", format!("solo:{}", solo.addr())),
+        ("FAILURE_THRESHOLD", "2".into()),
+    ])
+    .await;
     all_healthy(&app2).await;
     solo.set_fault(Fault::Status(502));
     for _ in 0..10 {
-        assert_eq!(post(&app2, "/v1/chat/completions", &chat("solo", false)).await.status(), 502);
+        assert_eq!(
+            post(&app2, "/v1/chat/completions", &chat("solo", false))
+                .await
+                .status(),
+            502
+        );
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(app2.state.registry.table.load().backends.values().all(|e| e.routable()));
+    assert!(app2
+        .state
+        .registry
+        .table
+        .load()
+        .backends
+        .values()
+        .all(|e| e.routable()));
     app.shutdown().await;
     app2.shutdown().await;
 }
@@ -170,9 +258,20 @@ async fn killed_server_is_taken_out_and_traffic_continues() {
     all_healthy(&app).await;
     a.shutdown();
     for _ in 0..20 {
-        assert_eq!(post(&app, "/v1/chat/completions", &chat("m", false)).await.status(), 200);
+        assert_eq!(
+            post(&app, "/v1/chat/completions", &chat("m", false))
+                .await
+                .status(),
+            200
+        );
     }
-    let down = app.state.registry.table.wait_for(Duration::from_secs(5), |t| t.backends.values().filter(|e| e.routable()).count() == 1);
+    let down = app
+        .state
+        .registry
+        .table
+        .wait_for(Duration::from_secs(5), |t| {
+            t.backends.values().filter(|e| e.routable()).count() == 1
+        });
     assert!(down.await, "dead server taken out of rotation");
     app.shutdown().await;
 }
@@ -184,38 +283,91 @@ async fn client_disconnect_cancels_upstream_stream_nonstream_and_before_first_to
         c.completion_tokens = 100;
     })
     .await;
-    let app = gateway(&[("BACKENDS", format!("m:{}", a.addr())), ("REQUEST_TIMEOUT", "30000".into()), ("FIRST_BYTE_TIMEOUT", "30000".into())]).await;
+    let app = gateway(&[
+        ("BACKENDS", format!("m:{}", a.addr())),
+        ("REQUEST_TIMEOUT", "30000".into()),
+        ("FIRST_BYTE_TIMEOUT", "30000".into()),
+    ])
+    .await;
     // Mid-stream.
     let mut resp = post(&app, "/v1/chat/completions", &chat("m", true)).await;
     let _ = resp.chunk().await.expect("first chunk");
     let closed_at = Instant::now();
     drop(resp);
-    assert!(a.wait_disconnects(1, Duration::from_secs(5)).await, "stream cancelled upstream");
+    assert!(
+        a.wait_disconnects(1, Duration::from_secs(5)).await,
+        "stream cancelled upstream"
+    );
     assert!(closed_at.elapsed() < Duration::from_secs(5));
     // Non-stream, while the server is generating.
     let req = tokio::spawn({
         let u = url(&app, "/v1/chat/completions");
-        async move { client().post(u).bearer_auth(KEY).json(&chat("m", false)).send().await }
+        async move {
+            client()
+                .post(u)
+                .bearer_auth(KEY)
+                .json(&chat("m", false))
+                .send()
+                .await
+        }
     });
-    assert!(eventually(Duration::from_secs(5), || async { a.stats().active_requests == 1 }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            a.stats().active_requests == 1
+        })
+        .await
+    );
     req.abort();
-    assert!(a.wait_disconnects(2, Duration::from_secs(5)).await, "non-stream cancelled upstream");
+    assert!(
+        a.wait_disconnects(2, Duration::from_secs(5)).await,
+        "non-stream cancelled upstream"
+    );
     // Before the first token.
     a.set_fault(Fault::Hang);
     let req = tokio::spawn({
         let u = url(&app, "/v1/chat/completions");
-        async move { client().post(u).bearer_auth(KEY).json(&chat("m", true)).send().await }
+        async move {
+            client()
+                .post(u)
+                .bearer_auth(KEY)
+                .json(&chat("m", true))
+                .send()
+                .await
+        }
     });
-    assert!(eventually(Duration::from_secs(5), || async { a.stats().active_requests == 1 }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            a.stats().active_requests == 1
+        })
+        .await
+    );
     req.abort();
-    assert!(a.wait_disconnects(3, Duration::from_secs(5)).await, "waiting request cancelled upstream");
-    assert!(eventually(Duration::from_secs(5), || async { a.stats().active_requests == 0 }).await);
+    assert!(
+        a.wait_disconnects(3, Duration::from_secs(5)).await,
+        "waiting request cancelled upstream"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            a.stats().active_requests == 0
+        })
+        .await
+    );
     let table = app.state.registry.table.load();
-    assert!(eventually(Duration::from_secs(5), || {
-        let t = table.clone();
-        async move { t.backends.values().all(|e| e.handle.in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0) }
-    })
-    .await, "in-flight slots released");
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let t = table.clone();
+            async move {
+                t.backends.values().all(|e| {
+                    e.handle
+                        .in_flight
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        == 0
+                })
+            }
+        })
+        .await,
+        "in-flight slots released"
+    );
     app.shutdown().await;
 }
 
@@ -223,7 +375,13 @@ async fn client_disconnect_cancels_upstream_stream_nonstream_and_before_first_to
 async fn discovery_adds_and_removes_models_while_traffic_runs() {
     let a = sim(&["base"]).await;
     let app = gateway(&[("VLLM_SERVERS", servers(&[&a]))]).await;
-    assert!(app.state.registry.table.wait_for(Duration::from_secs(5), |t| t.knows_model("base")).await);
+    assert!(
+        app.state
+            .registry
+            .table
+            .wait_for(Duration::from_secs(5), |t| t.knows_model("base"))
+            .await
+    );
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic = tokio::spawn({
         let u = url(&app, "/v1/chat/completions");
@@ -231,7 +389,13 @@ async fn discovery_adds_and_removes_models_while_traffic_runs() {
         async move {
             let (mut ok, mut failed) = (0u32, 0u32);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match client().post(&u).bearer_auth(KEY).json(&chat("base", false)).send().await {
+                match client()
+                    .post(&u)
+                    .bearer_auth(KEY)
+                    .json(&chat("base", false))
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status() == 200 => ok += 1,
                     _ => failed += 1,
                 }
@@ -240,15 +404,42 @@ async fn discovery_adds_and_removes_models_while_traffic_runs() {
         }
     });
     a.set_models(vec!["base".into(), "new-model".into()]);
-    assert!(app.state.registry.table.wait_for(Duration::from_secs(5), |t| t.knows_model("new-model")).await, "model added");
-    assert_eq!(post(&app, "/v1/chat/completions", &chat("new-model", false)).await.status(), 200);
+    assert!(
+        app.state
+            .registry
+            .table
+            .wait_for(Duration::from_secs(5), |t| t.knows_model("new-model"))
+            .await,
+        "model added"
+    );
+    assert_eq!(
+        post(&app, "/v1/chat/completions", &chat("new-model", false))
+            .await
+            .status(),
+        200
+    );
     a.set_models(vec!["base".into()]);
-    assert!(app.state.registry.table.wait_for(Duration::from_secs(5), |t| !t.knows_model("new-model")).await, "model removed");
-    assert_eq!(post(&app, "/v1/chat/completions", &chat("new-model", false)).await.status(), 404);
+    assert!(
+        app.state
+            .registry
+            .table
+            .wait_for(Duration::from_secs(5), |t| !t.knows_model("new-model"))
+            .await,
+        "model removed"
+    );
+    assert_eq!(
+        post(&app, "/v1/chat/completions", &chat("new-model", false))
+            .await
+            .status(),
+        404
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = traffic.await.expect("traffic");
     assert!(ok > 0);
-    assert_eq!(failed, 0, "no request for the steady model failed during churn");
+    assert_eq!(
+        failed, 0,
+        "no request for the steady model failed during churn"
+    );
     app.shutdown().await;
 }
 
@@ -256,10 +447,20 @@ async fn discovery_adds_and_removes_models_while_traffic_runs() {
 async fn static_backends_are_the_fallback_when_discovery_never_works() {
     // A server whose /v1/models is unreachable keeps its static models.
     let a = sim(&["m"]).await;
-    let app = gateway(&[("VLLM_SERVERS", servers(&[&a])), ("BACKENDS", format!("static-only:{}", a.addr()))]).await;
+    let app = gateway(&[
+        ("VLLM_SERVERS", servers(&[&a])),
+        ("BACKENDS", format!("static-only:{}", a.addr())),
+    ])
+    .await;
     assert!(app.state.registry.table.load().knows_model("static-only"));
     // Discovery replaces them with what the server really lists.
-    assert!(app.state.registry.table.wait_for(Duration::from_secs(5), |t| t.knows_model("m")).await);
+    assert!(
+        app.state
+            .registry
+            .table
+            .wait_for(Duration::from_secs(5), |t| t.knows_model("m"))
+            .await
+    );
     app.shutdown().await;
 }
 
@@ -274,7 +475,12 @@ async fn graceful_shutdown_lets_streams_finish_and_flips_readiness() {
     let resp = post(&app, "/v1/chat/completions", &chat("m", true)).await;
     let state = app.state.clone();
     let shutdown = tokio::spawn(app.shutdown());
-    assert!(eventually(Duration::from_secs(2), || async { state.draining.load(std::sync::atomic::Ordering::Relaxed) }).await);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            state.draining.load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .await
+    );
     let body = resp.text().await.expect("stream finishes");
     assert_eq!(sse_data(&body).last().map(String::as_str), Some("[DONE]"));
     assert!(!body.contains("\"error\""), "{body}");

@@ -24,23 +24,42 @@ async fn chat_non_stream_and_stream_pass_through_with_request_id() {
     assert_eq!(resp.headers()["x-request-id"], "abc-123");
     let v: Value = resp.json().await.expect("json");
     assert_eq!(v["object"], "chat.completion");
-    assert!(v["choices"][0]["message"]["content"].as_str().is_some_and(|c| c.starts_with("tok0")));
+    assert!(v["choices"][0]["message"]["content"]
+        .as_str()
+        .is_some_and(|c| c.starts_with("tok0")));
     assert!(v["usage"]["total_tokens"].as_u64().is_some());
     let st = s.stats();
-    assert_eq!(st.last_body.as_ref().map(|b| b["unknown_field"].clone()), Some(json!({"kept": 1})));
-    assert!(st.last_headers.iter().any(|(k, v)| k == "x-request-id" && v == "abc-123"));
-    assert!(!st.last_headers.iter().any(|(k, v)| k == "authorization" && v.contains(KEY)), "client key must not go upstream");
+    assert_eq!(
+        st.last_body.as_ref().map(|b| b["unknown_field"].clone()),
+        Some(json!({"kept": 1}))
+    );
+    assert!(st
+        .last_headers
+        .iter()
+        .any(|(k, v)| k == "x-request-id" && v == "abc-123"));
+    assert!(
+        !st.last_headers
+            .iter()
+            .any(|(k, v)| k == "authorization" && v.contains(KEY)),
+        "client key must not go upstream"
+    );
 
     let resp = post(&app, "/v1/chat/completions", &chat("m", true)).await;
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"].to_str().expect("ascii").starts_with("text/event-stream"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("text/event-stream"));
     assert!(resp.headers().get("x-request-id").is_some());
     let body = resp.text().await.expect("body");
     let events = sse_data(&body);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     assert!(stream_text(&events).starts_with("tok0 tok1"));
     // Usage was requested upstream by the gateway but the client did not ask: no usage chunk.
-    assert!(events.iter().all(|e| !e.contains("\"usage\"")), "usage chunk leaked: {body}");
+    assert!(
+        events.iter().all(|e| !e.contains("\"usage\"")),
+        "usage chunk leaked: {body}"
+    );
     let up = s.stats().last_body.expect("body seen");
     assert_eq!(up["stream_options"]["include_usage"], true);
     app.shutdown().await;
@@ -52,7 +71,11 @@ async fn usage_chunk_kept_when_client_asks() {
     let app = gateway(&[("BACKENDS", format!("m:{}", s.addr()))]).await;
     let mut req = chat("m", true);
     req["stream_options"] = json!({"include_usage": true});
-    let body = post(&app, "/v1/chat/completions", &req).await.text().await.expect("body");
+    let body = post(&app, "/v1/chat/completions", &req)
+        .await
+        .text()
+        .await
+        .expect("body");
     let events = sse_data(&body);
     let n = events.len();
     let usage: Value = serde_json::from_str(&events[n - 2]).expect("usage chunk json");
@@ -65,11 +88,31 @@ async fn usage_chunk_kept_when_client_asks() {
 async fn completions_embeddings_and_other_model_routes() {
     let s = sim(&["m"]).await;
     let app = gateway(&[("BACKENDS", format!("m:{}", s.addr()))]).await;
-    let v: Value = post(&app, "/v1/completions", &json!({"model": "m", "prompt": "x"})).await.json().await.expect("json");
+    let v: Value = post(
+        &app,
+        "/v1/completions",
+        &json!({"model": "m", "prompt": "x"}),
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
     assert_eq!(v["object"], "text_completion");
-    let body = post(&app, "/v1/completions", &json!({"model": "m", "prompt": "x", "stream": true})).await.text().await.expect("body");
+    let body = post(
+        &app,
+        "/v1/completions",
+        &json!({"model": "m", "prompt": "x", "stream": true}),
+    )
+    .await
+    .text()
+    .await
+    .expect("body");
     assert_eq!(sse_data(&body).last().map(String::as_str), Some("[DONE]"));
-    let v: Value = post(&app, "/v1/embeddings", &json!({"model": "m", "input": "x"})).await.json().await.expect("json");
+    let v: Value = post(&app, "/v1/embeddings", &json!({"model": "m", "input": "x"}))
+        .await
+        .json()
+        .await
+        .expect("json");
     assert!(v["data"][0]["embedding"].is_array());
     let r = post(&app, "/tokenize", &json!({"model": "m", "prompt": "a b"})).await;
     assert_eq!(r.status(), 200);
@@ -79,7 +122,11 @@ async fn completions_embeddings_and_other_model_routes() {
 #[tokio::test]
 async fn errors_are_openai_shaped_with_right_status() {
     let s = sim(&["m"]).await;
-    let app = gateway(&[("BACKENDS", format!("m:{}", s.addr())), ("MAX_BODY_BYTES", "1000".into())]).await;
+    let app = gateway(&[
+        ("BACKENDS", format!("m:{}", s.addr())),
+        ("MAX_BODY_BYTES", "1000".into()),
+    ])
+    .await;
     let c = client();
     let check = |v: &Value, code: &str| {
         for k in ["message", "type", "param", "code"] {
@@ -87,19 +134,39 @@ async fn errors_are_openai_shaped_with_right_status() {
         }
         assert_eq!(v["error"]["code"], code, "{v}");
         let text = v.to_string();
-        assert!(!text.contains("127.0.0.1") && !text.contains("panicked"), "leak: {text}");
+        assert!(
+            !text.contains("127.0.0.1") && !text.contains("panicked"),
+            "leak: {text}"
+        );
     };
-    let r = c.post(url(&app, "/v1/chat/completions")).json(&chat("m", false)).send().await.expect("sent");
+    let r = c
+        .post(url(&app, "/v1/chat/completions"))
+        .json(&chat("m", false))
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(r.status(), 401);
     check(&r.json().await.expect("json"), "invalid_api_key");
-    let r = c.post(url(&app, "/v1/chat/completions")).bearer_auth("wrong").json(&chat("m", false)).send().await.expect("sent");
+    let r = c
+        .post(url(&app, "/v1/chat/completions"))
+        .bearer_auth("wrong")
+        .json(&chat("m", false))
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(r.status(), 401);
     let r = post(&app, "/v1/chat/completions", &chat("nope", false)).await;
     assert_eq!(r.status(), 404);
     let v: Value = r.json().await.expect("json");
     check(&v, "model_not_found");
     assert_eq!(v["error"]["param"], "model");
-    let r = c.post(url(&app, "/v1/chat/completions")).bearer_auth(KEY).body("{not json").send().await.expect("sent");
+    let r = c
+        .post(url(&app, "/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .body("{not json")
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(r.status(), 400);
     check(&r.json().await.expect("json"), "invalid_json");
     let r = post(&app, "/v1/chat/completions", &json!({"messages": []})).await;
@@ -112,14 +179,28 @@ async fn errors_are_openai_shaped_with_right_status() {
     let r = c.get(url(&app, "/nope")).send().await.expect("sent");
     assert_eq!(r.status(), 404);
     // Upstream validation errors keep their status and are normalised to the envelope.
-    let r = post(&app, "/v1/chat/completions", &json!({"model": "m", "messages": [{"role":"user","content":"x"}], "temperature": -3})).await;
+    let r = post(
+        &app,
+        "/v1/chat/completions",
+        &json!({"model": "m", "messages": [{"role":"user","content":"x"}], "temperature": -3}),
+    )
+    .await;
     assert_eq!(r.status(), 400);
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["error"]["type"], "invalid_request_error");
     assert!(v["error"]["code"].is_null() || v["error"]["code"].is_string());
     // A server with no healthy replica: 503 + Retry-After.
     s.set_health(503);
-    assert!(app.state.registry.table.wait_for(Duration::from_secs(5), |t| t.backends.values().all(|e| !e.routable())).await);
+    assert!(
+        app.state
+            .registry
+            .table
+            .wait_for(Duration::from_secs(5), |t| t
+                .backends
+                .values()
+                .all(|e| !e.routable()))
+            .await
+    );
     let r = post(&app, "/v1/chat/completions", &chat("m", false)).await;
     assert_eq!(r.status(), 503);
     assert!(r.headers().get("retry-after").is_some());
@@ -131,67 +212,229 @@ async fn errors_are_openai_shaped_with_right_status() {
 async fn models_health_readiness_and_admin() {
     let a = sim(&["m1", "shared"]).await;
     let b = sim(&["m2", "shared"]).await;
-    let app = gateway(&[("VLLM_SERVERS", servers(&[&a, &b])), ("MODEL_ALIASES", "public=m1".into())]).await;
+    let app = gateway(&[
+        ("VLLM_SERVERS", servers(&[&a, &b])),
+        ("MODEL_ALIASES", "public=m1".into()),
+    ])
+    .await;
     all_healthy(&app).await;
-    assert!(app.state.registry.table.wait_for(Duration::from_secs(5), |t| t.knows_model("m2")).await);
+    assert!(
+        app.state
+            .registry
+            .table
+            .wait_for(Duration::from_secs(5), |t| t.knows_model("m2"))
+            .await
+    );
     let c = client();
-    let v: Value = c.get(url(&app, "/v1/models")).bearer_auth(KEY).send().await.expect("sent").json().await.expect("json");
-    let mut ids: Vec<&str> = v["data"].as_array().expect("list").iter().filter_map(|m| m["id"].as_str()).collect();
+    let v: Value = c
+        .get(url(&app, "/v1/models"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let mut ids: Vec<&str> = v["data"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
     ids.sort();
     assert_eq!(ids, ["m1", "m2", "public", "shared"]);
     assert_eq!(v["data"][0]["owned_by"], "vllm");
-    assert!(v["data"][0]["max_model_len"].is_number(), "vLLM extras kept: {v}");
+    assert!(
+        v["data"][0]["max_model_len"].is_number(),
+        "vLLM extras kept: {v}"
+    );
     let created = v["data"][0]["created"].clone();
-    let again: Value = c.get(url(&app, "/v1/models")).bearer_auth(KEY).send().await.expect("sent").json().await.expect("json");
+    let again: Value = c
+        .get(url(&app, "/v1/models"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(again["data"][0]["created"], created, "created is stable");
     // Alias routes to the served name.
-    assert_eq!(post(&app, "/v1/chat/completions", &chat("public", false)).await.status(), 200);
+    assert_eq!(
+        post(&app, "/v1/chat/completions", &chat("public", false))
+            .await
+            .status(),
+        200
+    );
     assert_eq!(a.stats().last_body.expect("seen")["model"], "m1");
 
-    let h: Value = c.get(url(&app, "/healthz")).send().await.expect("sent").json().await.expect("json");
+    let h: Value = c
+        .get(url(&app, "/healthz"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(h["servers"]["healthy"], 2);
     assert!(!h.to_string().contains("127.0.0.1"), "no URLs in /healthz");
-    assert_eq!(c.get(url(&app, "/readyz")).send().await.expect("sent").status(), 200);
+    assert_eq!(
+        c.get(url(&app, "/readyz"))
+            .send()
+            .await
+            .expect("sent")
+            .status(),
+        200
+    );
 
     // Admin: keys, listing, drain.
-    assert_eq!(c.get(url(&app, "/admin/backends")).bearer_auth(KEY).send().await.expect("sent").status(), 401);
-    let v: Value = c.get(url(&app, "/admin/backends")).bearer_auth(ADMIN).send().await.expect("sent").json().await.expect("json");
+    assert_eq!(
+        c.get(url(&app, "/admin/backends"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("sent")
+            .status(),
+        401
+    );
+    let v: Value = c
+        .get(url(&app, "/admin/backends"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(v["servers"].as_array().map(Vec::len), Some(2));
-    let r = c.post(url(&app, "/admin/backends/server-2/drain")).bearer_auth(ADMIN).send().await.expect("sent");
+    let r = c
+        .post(url(&app, "/admin/backends/server-2/drain"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(r.status(), 200);
-    let v: Value = c.get(url(&app, "/v1/models")).bearer_auth(KEY).send().await.expect("sent").json().await.expect("json");
-    assert!(!v.to_string().contains("\"m2\""), "drained server's models hidden");
+    let v: Value = c
+        .get(url(&app, "/v1/models"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        !v.to_string().contains("\"m2\""),
+        "drained server's models hidden"
+    );
     let before = b.stats().inference_requests;
     for _ in 0..5 {
-        assert_eq!(post(&app, "/v1/chat/completions", &chat("shared", false)).await.status(), 200);
+        assert_eq!(
+            post(&app, "/v1/chat/completions", &chat("shared", false))
+                .await
+                .status(),
+            200
+        );
     }
-    assert_eq!(b.stats().inference_requests, before, "drained server gets no traffic");
-    assert_eq!(c.post(url(&app, "/admin/backends/server-2/undrain")).bearer_auth(ADMIN).send().await.expect("sent").status(), 200);
-    assert_eq!(c.post(url(&app, "/admin/backends/nope/drain")).bearer_auth(ADMIN).send().await.expect("sent").status(), 404);
+    assert_eq!(
+        b.stats().inference_requests,
+        before,
+        "drained server gets no traffic"
+    );
+    assert_eq!(
+        c.post(url(&app, "/admin/backends/server-2/undrain"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("sent")
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.post(url(&app, "/admin/backends/nope/drain"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("sent")
+            .status(),
+        404
+    );
 
     // Discovery stats and refresh.
-    let st: Value = c.get(url(&app, "/v1/models/discovery/stats")).bearer_auth(KEY).send().await.expect("sent").json().await.expect("json");
+    let st: Value = c
+        .get(url(&app, "/v1/models/discovery/stats"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(st["servers"].as_array().map(Vec::len), Some(2));
     b.set_models(vec!["m3".into()]);
-    let st: Value = c.post(url(&app, "/v1/models/discovery/refresh")).bearer_auth(ADMIN).send().await.expect("sent").json().await.expect("json");
-    assert!(st.to_string().contains("m3"), "refresh answers with fresh stats: {st}");
-    assert!(app.state.registry.table.load().knows_model("m3"), "refresh applied before answering");
+    let st: Value = c
+        .post(url(&app, "/v1/models/discovery/refresh"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        st.to_string().contains("m3"),
+        "refresh answers with fresh stats: {st}"
+    );
+    assert!(
+        app.state.registry.table.load().knows_model("m3"),
+        "refresh applied before answering"
+    );
     app.shutdown().await;
 }
 
 #[tokio::test]
 async fn cors_allowlist_never_reflects_other_origins() {
     let s = sim(&["m"]).await;
-    let app = gateway(&[("BACKENDS", format!("m:{}", s.addr())), ("ENABLE_CORS", "true".into()), ("CORS_ORIGIN", "https://app.example".into())]).await;
+    let app = gateway(&[
+        ("BACKENDS", format!("m:{}", s.addr())),
+        ("ENABLE_CORS", "true".into()),
+        ("CORS_ORIGIN", "https://app.example".into()),
+    ])
+    .await;
     let c = client();
-    let r = c.get(url(&app, "/healthz")).header("origin", "https://app.example").send().await.expect("sent");
-    assert_eq!(r.headers()["access-control-allow-origin"], "https://app.example");
+    let r = c
+        .get(url(&app, "/healthz"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
     assert_eq!(r.headers()["vary"], "Origin");
-    for evil in ["https://evil.example", "null", "https://app.example.evil.com"] {
-        let r = c.request(reqwest::Method::OPTIONS, url(&app, "/v1/chat/completions")).header("origin", evil).send().await.expect("sent");
-        assert!(r.headers().get("access-control-allow-origin").is_none(), "{evil} reflected");
+    for evil in [
+        "https://evil.example",
+        "null",
+        "https://app.example.evil.com",
+    ] {
+        let r = c
+            .request(reqwest::Method::OPTIONS, url(&app, "/v1/chat/completions"))
+            .header("origin", evil)
+            .send()
+            .await
+            .expect("sent");
+        assert!(
+            r.headers().get("access-control-allow-origin").is_none(),
+            "{evil} reflected"
+        );
     }
-    let r = c.request(reqwest::Method::OPTIONS, url(&app, "/v1/chat/completions")).header("origin", "https://app.example").send().await.expect("sent");
+    let r = c
+        .request(reqwest::Method::OPTIONS, url(&app, "/v1/chat/completions"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(r.status(), 204);
     assert!(r.headers().get("access-control-allow-methods").is_some());
     app.shutdown().await;
@@ -200,7 +443,11 @@ async fn cors_allowlist_never_reflects_other_origins() {
 #[tokio::test]
 async fn hop_by_hop_and_client_credentials_not_forwarded() {
     let s = sim_with(&["m"], |c| c.api_key = Some("vllm-key".into())).await;
-    let app = gateway(&[("BACKENDS", format!("m:{}", s.addr())), ("VLLM_API_KEY", "vllm-key".into())]).await;
+    let app = gateway(&[
+        ("BACKENDS", format!("m:{}", s.addr())),
+        ("VLLM_API_KEY", "vllm-key".into()),
+    ])
+    .await;
     let r = client()
         .post(url(&app, "/v1/chat/completions"))
         .bearer_auth(KEY)
@@ -216,19 +463,38 @@ async fn hop_by_hop_and_client_credentials_not_forwarded() {
     for bad in ["cookie", "x-internal", "proxy-authorization"] {
         assert!(!headers.iter().any(|(k, _)| k == bad), "{bad} forwarded");
     }
-    assert!(headers.iter().any(|(k, v)| k == "authorization" && v == "Bearer vllm-key"));
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "authorization" && v == "Bearer vllm-key"));
     app.shutdown().await;
 }
 
 #[tokio::test]
 async fn overload_is_rejected_with_retry_after() {
     let s = sim_with(&["m"], |c| c.latency_ms = 500).await;
-    let app = gateway(&[("BACKENDS", format!("m:{}", s.addr())), ("MAX_IN_FLIGHT_PER_SERVER", "1".into())]).await;
+    let app = gateway(&[
+        ("BACKENDS", format!("m:{}", s.addr())),
+        ("MAX_IN_FLIGHT_PER_SERVER", "1".into()),
+    ])
+    .await;
     let first = tokio::spawn({
         let u = url(&app, "/v1/chat/completions");
-        async move { client().post(u).bearer_auth(KEY).json(&chat("m", false)).send().await.map(|r| r.status().as_u16()) }
+        async move {
+            client()
+                .post(u)
+                .bearer_auth(KEY)
+                .json(&chat("m", false))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
     });
-    assert!(eventually(Duration::from_secs(5), || async { s.stats().active_requests == 1 }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            s.stats().active_requests == 1
+        })
+        .await
+    );
     let r = post(&app, "/v1/chat/completions", &chat("m", false)).await;
     assert_eq!(r.status(), 429);
     assert!(r.headers().get("retry-after").is_some());

@@ -54,7 +54,10 @@ pub struct DiscoveryArgs {
 pub struct DiscoveryActor;
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Actor for DiscoveryActor {
@@ -62,26 +65,42 @@ impl Actor for DiscoveryActor {
     type State = DiscoveryArgs;
     type Arguments = DiscoveryArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<DiscoveryMsg>, args: DiscoveryArgs) -> Result<DiscoveryArgs, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<DiscoveryMsg>,
+        args: DiscoveryArgs,
+    ) -> Result<DiscoveryArgs, ActorProcessingErr> {
         if let Ok(mut stats) = args.stats.lock() {
             stats.interval_ms = args.interval.as_millis() as u64;
             if stats.servers.is_empty() {
                 stats.servers = args
                     .servers
                     .iter()
-                    .map(|(id, _)| ServerDiscovery { id: id.to_string(), ..Default::default() })
+                    .map(|(id, _)| ServerDiscovery {
+                        id: id.to_string(),
+                        ..Default::default()
+                    })
                     .collect();
             }
         }
         Ok(args)
     }
 
-    async fn post_start(&self, myself: ActorRef<DiscoveryMsg>, _state: &mut DiscoveryArgs) -> Result<(), ActorProcessingErr> {
+    async fn post_start(
+        &self,
+        myself: ActorRef<DiscoveryMsg>,
+        _state: &mut DiscoveryArgs,
+    ) -> Result<(), ActorProcessingErr> {
         let _ = myself.cast(DiscoveryMsg::Tick);
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<DiscoveryMsg>, msg: DiscoveryMsg, state: &mut DiscoveryArgs) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<DiscoveryMsg>,
+        msg: DiscoveryMsg,
+        state: &mut DiscoveryArgs,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             DiscoveryMsg::Tick => {
                 poll_all(state).await;
@@ -90,7 +109,9 @@ impl Actor for DiscoveryActor {
             DiscoveryMsg::Refresh(reply) => {
                 poll_all(state).await;
                 if let Some(registry) = state.registry.get() {
-                    let _ = registry.call(RegistryMsg::Sync, Some(Duration::from_secs(2))).await;
+                    let _ = registry
+                        .call(RegistryMsg::Sync, Some(Duration::from_secs(2)))
+                        .await;
                 }
                 let _ = reply.send(state.snapshot());
             }
@@ -126,7 +147,9 @@ async fn poll_all(state: &mut DiscoveryArgs) {
     }
     while let Some(joined) = set.join_next().await {
         let Ok((i, res)) = joined else { continue };
-        let Some((id, _)) = state.servers.get(i) else { continue };
+        let Some((id, _)) = state.servers.get(i) else {
+            continue;
+        };
         if let Ok(mut stats) = state.stats.lock() {
             if let Some(s) = stats.servers.get_mut(i) {
                 s.polls += 1;
@@ -145,7 +168,10 @@ async fn poll_all(state: &mut DiscoveryArgs) {
                 }
             }
         }
-        state.registry.cast(RegistryMsg::Discovered { id: id.clone(), result: res });
+        state.registry.cast(RegistryMsg::Discovered {
+            id: id.clone(),
+            result: res,
+        });
     }
     if let Ok(mut stats) = state.stats.lock() {
         stats.rounds += 1;

@@ -36,7 +36,9 @@ pub struct HealthConfig {
 impl HealthConfig {
     /// Probing speeds up while a server is out, so it comes back quickly.
     pub fn fast_interval(&self) -> Duration {
-        (self.interval / 4).max(Duration::from_millis(50)).min(self.interval)
+        (self.interval / 4)
+            .max(Duration::from_millis(50))
+            .min(self.interval)
     }
 }
 
@@ -54,7 +56,11 @@ impl Breaker {
             HealthState::Ejected { ejections, .. } => *ejections,
             _ => 0,
         };
-        Self { state, ejections, healthy_since: None }
+        Self {
+            state,
+            ejections,
+            healthy_since: None,
+        }
     }
 
     pub fn on_probe(&mut self, ok: Result<(), String>, now: Instant, cfg: &HealthConfig) {
@@ -67,7 +73,10 @@ impl Breaker {
                 }
                 self.state = HealthState::Healthy;
                 // A long healthy stretch forgives earlier ejections.
-                if self.healthy_since.is_some_and(|t| now.saturating_duration_since(t) >= cfg.eject_max) {
+                if self
+                    .healthy_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= cfg.eject_max)
+                {
                     self.ejections = 0;
                 }
             }
@@ -81,9 +90,15 @@ impl Breaker {
     /// Eject for `eject_base × n` (capped), n counting ejections.
     pub fn eject(&mut self, now: Instant, cfg: &HealthConfig) {
         self.ejections = self.ejections.saturating_add(1);
-        let span = cfg.eject_base.saturating_mul(self.ejections).min(cfg.eject_max);
+        let span = cfg
+            .eject_base
+            .saturating_mul(self.ejections)
+            .min(cfg.eject_max);
         self.healthy_since = None;
-        self.state = HealthState::Ejected { until: now + span, ejections: self.ejections };
+        self.state = HealthState::Ejected {
+            until: now + span,
+            ejections: self.ejections,
+        };
     }
 }
 
@@ -108,7 +123,11 @@ impl Actor for HealthActor {
     type State = HealthActorState;
     type Arguments = HealthArgs;
 
-    async fn pre_start(&self, myself: ActorRef<HealthMsg>, args: HealthArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<HealthMsg>,
+        args: HealthArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         let seeded = args
             .table
             .load()
@@ -117,15 +136,28 @@ impl Actor for HealthActor {
             .map(|e| e.health.clone())
             .unwrap_or(HealthState::Unknown);
         args.handle.health.set(myself);
-        Ok(HealthActorState { breaker: Breaker::new(seeded), args, probing: false })
+        Ok(HealthActorState {
+            breaker: Breaker::new(seeded),
+            args,
+            probing: false,
+        })
     }
 
-    async fn post_start(&self, myself: ActorRef<HealthMsg>, _state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_start(
+        &self,
+        myself: ActorRef<HealthMsg>,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         let _ = myself.cast(HealthMsg::Probe);
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<HealthMsg>, msg: HealthMsg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<HealthMsg>,
+        msg: HealthMsg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             HealthMsg::Probe => {
                 if !state.probing {
@@ -161,7 +193,11 @@ impl Actor for HealthActor {
             }
             HealthMsg::PassiveTrip => {
                 let id = &state.args.handle.id;
-                state.args.handle.consecutive_failures.store(0, Ordering::Release);
+                state
+                    .args
+                    .handle
+                    .consecutive_failures
+                    .store(0, Ordering::Release);
                 if matches!(state.breaker.state, HealthState::Ejected { .. }) {
                     return Ok(());
                 }
@@ -186,17 +222,30 @@ impl HealthActorState {
     /// which also repairs a report lost while the registry restarted.
     fn report(&self) {
         let id = &self.args.handle.id;
-        let published = self.args.table.load().backends.get(id).map(|e| e.health.clone());
+        let published = self
+            .args
+            .table
+            .load()
+            .backends
+            .get(id)
+            .map(|e| e.health.clone());
         if published.as_ref() != Some(&self.breaker.state) {
-            self.args.registry.cast(RegistryMsg::Health { id: id.clone(), state: self.breaker.state.clone() });
+            self.args.registry.cast(RegistryMsg::Health {
+                id: id.clone(),
+                state: self.breaker.state.clone(),
+            });
         }
     }
 
     fn is_last_server_of_a_model(&self) -> bool {
         let table = self.args.table.load();
         let id = &self.args.handle.id;
-        let Some(me) = table.backends.get(id) else { return false };
-        me.models.iter().any(|m| table.routable_for(&m.id).all(|e| &e.handle.id == id))
+        let Some(me) = table.backends.get(id) else {
+            return false;
+        };
+        me.models
+            .iter()
+            .any(|m| table.routable_for(&m.id).all(|e| &e.handle.id == id))
     }
 }
 

@@ -16,5 +16,8 @@ pub trait Prober: Send + Sync + 'static {
 
 /// Reads the models a server serves (`GET /v1/models`).
 pub trait ModelLister: Send + Sync + 'static {
-    fn list_models<'a>(&'a self, base_url: &'a str) -> BoxFuture<'a, Result<Vec<ModelCard>, String>>;
+    fn list_models<'a>(
+        &'a self,
+        base_url: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ModelCard>, String>>;
 }

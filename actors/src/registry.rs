@@ -19,13 +19,24 @@ use crate::table::{
 
 pub enum RegistryMsg {
     /// Result of one discovery poll of one server (level-triggered: the full list).
-    Discovered { id: BackendId, result: Result<Vec<ModelCard>, String> },
+    Discovered {
+        id: BackendId,
+        result: Result<Vec<ModelCard>, String>,
+    },
     /// A health actor's verdict.
     Health { id: BackendId, state: HealthState },
     /// Admin drain/undrain; replies false for an unknown id.
-    SetDrain { id: BackendId, drained: bool, reply: RpcReplyPort<bool> },
+    SetDrain {
+        id: BackendId,
+        drained: bool,
+        reply: RpcReplyPort<bool>,
+    },
     /// Pick a server for `model`, reserving its in-flight slot.
-    Route { model: String, exclude: Vec<BackendId>, reply: RpcReplyPort<Result<InFlightGuard, PickError>> },
+    Route {
+        model: String,
+        exclude: Vec<BackendId>,
+        reply: RpcReplyPort<Result<InFlightGuard, PickError>>,
+    },
     /// Replies with the generation once every earlier message is applied.
     Sync(RpcReplyPort<u64>),
     /// Fault injection for supervision tests.
@@ -50,7 +61,10 @@ impl Actor for RegistryActor {
         shared: Arc<SharedTable>,
     ) -> Result<Self::State, ActorProcessingErr> {
         let table = shared.load();
-        info!(generation = table.generation, "registry started from the last published snapshot");
+        info!(
+            generation = table.generation,
+            "registry started from the last published snapshot"
+        );
         Ok(RegistryState { shared, table })
     }
 
@@ -67,7 +81,11 @@ impl Actor for RegistryActor {
                 let known = state.apply_drain(&id, drained);
                 let _ = reply.send(known);
             }
-            RegistryMsg::Route { model, exclude, reply } => {
+            RegistryMsg::Route {
+                model,
+                exclude,
+                reply,
+            } => {
                 let _ = reply.send(state.table.pick(&model, &exclude, &mut rand::rng()));
             }
             RegistryMsg::Sync(reply) => {
@@ -82,8 +100,14 @@ impl Actor for RegistryActor {
 // === impl RegistryState ===
 
 impl RegistryState {
-    fn modify(&mut self, id: &BackendId, f: impl FnOnce(&mut crate::table::BackendEntry) -> bool) -> bool {
-        let Some(entry) = self.table.backends.get(id) else { return false };
+    fn modify(
+        &mut self,
+        id: &BackendId,
+        f: impl FnOnce(&mut crate::table::BackendEntry) -> bool,
+    ) -> bool {
+        let Some(entry) = self.table.backends.get(id) else {
+            return false;
+        };
         let mut entry = entry.clone();
         if !f(&mut entry) {
             return true;
@@ -116,7 +140,9 @@ impl RegistryState {
                 });
             }
             // Last-known-good: a failed poll changes nothing.
-            Err(reason) => warn!(backend = %id, %reason, "discovery poll failed; keeping the last known models"),
+            Err(reason) => {
+                warn!(backend = %id, %reason, "discovery poll failed; keeping the last known models")
+            }
         }
     }
 
@@ -166,12 +192,20 @@ pub struct RegistryHandle {
 impl RegistryHandle {
     /// Ask the registry where to send a request. Falls back to the last published snapshot
     /// when the actor is down or slow, so routing never waits on a restart.
-    pub async fn route(&self, model: &str, exclude: &[BackendId]) -> Result<InFlightGuard, PickError> {
+    pub async fn route(
+        &self,
+        model: &str,
+        exclude: &[BackendId],
+    ) -> Result<InFlightGuard, PickError> {
         if self.route_via_actor {
             if let Some(actor) = self.slot.get() {
                 let asked = actor
                     .call(
-                        |reply| RegistryMsg::Route { model: model.to_owned(), exclude: exclude.to_vec(), reply },
+                        |reply| RegistryMsg::Route {
+                            model: model.to_owned(),
+                            exclude: exclude.to_vec(),
+                            reply,
+                        },
                         Some(self.route_timeout),
                     )
                     .await;
@@ -187,7 +221,10 @@ impl RegistryHandle {
     pub async fn set_drain(&self, id: BackendId, drained: bool) -> Result<bool, RegistryError> {
         let actor = self.slot.get().ok_or(RegistryError::Unavailable)?;
         match actor
-            .call(|reply| RegistryMsg::SetDrain { id, drained, reply }, Some(Duration::from_secs(2)))
+            .call(
+                |reply| RegistryMsg::SetDrain { id, drained, reply },
+                Some(Duration::from_secs(2)),
+            )
             .await
         {
             Ok(ractor::rpc::CallResult::Success(known)) => Ok(known),

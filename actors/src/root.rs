@@ -15,7 +15,8 @@ use tracing::{error, info, warn};
 use crate::ports::BoxFuture;
 use crate::supervision::{RestartBook, RestartDecision, RestartPolicy};
 
-pub type StartFn = Arc<dyn Fn(ActorCell) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> + Send + Sync>;
+pub type StartFn =
+    Arc<dyn Fn(ActorCell) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> + Send + Sync>;
 
 /// How to (re)build one child: `start` spawns it linked to the given supervisor cell and
 /// publishes its new address (for example in a [`crate::slot::Slot`]).
@@ -61,7 +62,11 @@ impl Actor for RootActor {
     type State = RootState;
     type Arguments = RootArgs;
 
-    async fn pre_start(&self, myself: ActorRef<RootMsg>, args: RootArgs) -> Result<RootState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RootMsg>,
+        args: RootArgs,
+    ) -> Result<RootState, ActorProcessingErr> {
         let mut state = RootState {
             specs: HashMap::new(),
             running: HashMap::new(),
@@ -77,14 +82,25 @@ impl Actor for RootActor {
         Ok(state)
     }
 
-    async fn post_stop(&self, myself: ActorRef<RootMsg>, _state: &mut RootState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        myself: ActorRef<RootMsg>,
+        _state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
         myself.stop_children(None);
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<RootMsg>, msg: RootMsg, state: &mut RootState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<RootMsg>,
+        msg: RootMsg,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
         let RootMsg::Restart { key, failed_at } = msg;
-        let Some(spec) = state.specs.get(&key).cloned() else { return Ok(()) };
+        let Some(spec) = state.specs.get(&key).cloned() else {
+            return Ok(());
+        };
         match (spec.start)(myself.get_cell()).await {
             Ok(cell) => {
                 let ms = failed_at.elapsed().as_secs_f64() * 1000.0;
@@ -104,10 +120,17 @@ impl Actor for RootActor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<RootMsg>, evt: SupervisionEvent, state: &mut RootState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<RootMsg>,
+        evt: SupervisionEvent,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
         let (cell, why) = match evt {
             SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
             _ => return Ok(()),
         };
         if let Some(key) = state.running.remove(&cell.get_id()) {
@@ -123,14 +146,23 @@ impl Actor for RootActor {
 
 impl RootState {
     fn on_child_exit(&mut self, myself: &ActorRef<RootMsg>, key: String, failed_at: Instant) {
-        let Some(spec) = self.specs.get(&key) else { return };
-        let decision = self.books.entry(key.clone()).or_default().on_exit(&spec.policy, Instant::now());
+        let Some(spec) = self.specs.get(&key) else {
+            return;
+        };
+        let decision = self
+            .books
+            .entry(key.clone())
+            .or_default()
+            .on_exit(&spec.policy, Instant::now());
         match decision {
             RestartDecision::RestartAfter(d) if d == Duration::ZERO => {
                 let _ = myself.cast(RootMsg::Restart { key, failed_at });
             }
             RestartDecision::RestartAfter(d) => {
-                myself.send_after(d, move || RootMsg::Restart { key: key.clone(), failed_at });
+                myself.send_after(d, move || RootMsg::Restart {
+                    key: key.clone(),
+                    failed_at,
+                });
             }
             RestartDecision::GiveUp => {
                 error!(child = %key, "restart budget exceeded; stopping the gateway");
@@ -144,7 +176,10 @@ impl RootState {
             match reports.iter_mut().find(|r| r.key == key) {
                 Some(r) => f(r),
                 None => {
-                    let mut r = ChildReport { key: key.to_owned(), ..Default::default() };
+                    let mut r = ChildReport {
+                        key: key.to_owned(),
+                        ..Default::default()
+                    };
                     f(&mut r);
                     reports.push(r);
                 }

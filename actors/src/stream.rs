@@ -22,9 +22,15 @@ use crate::slot::Slot;
 #[derive(Debug)]
 pub enum PumpEvent {
     FirstByte,
-    Usage { prompt_tokens: u64, completion_tokens: u64 },
+    Usage {
+        prompt_tokens: u64,
+        completion_tokens: u64,
+    },
     /// The stream ended; `outcome` is a short machine-friendly word (`ok`, `client_gone`, ...).
-    Finished { outcome: &'static str, chunks: u64 },
+    Finished {
+        outcome: &'static str,
+        chunks: u64,
+    },
 }
 
 pub enum StreamMsg {
@@ -64,9 +70,16 @@ impl Actor for StreamActor {
     type State = StreamState;
     type Arguments = StreamJob;
 
-    async fn pre_start(&self, myself: ActorRef<StreamMsg>, job: StreamJob) -> Result<StreamState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<StreamMsg>,
+        job: StreamJob,
+    ) -> Result<StreamState, ActorProcessingErr> {
         let cancel = CancellationToken::new();
-        let ctx = PumpCtx { cancel: cancel.clone(), events: myself };
+        let ctx = PumpCtx {
+            cancel: cancel.clone(),
+            events: myself,
+        };
         tokio::spawn((job.pump)(ctx));
         Ok(StreamState {
             request_id: job.request_id,
@@ -78,10 +91,20 @@ impl Actor for StreamActor {
         })
     }
 
-    async fn handle(&self, myself: ActorRef<StreamMsg>, msg: StreamMsg, state: &mut StreamState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<StreamMsg>,
+        msg: StreamMsg,
+        state: &mut StreamState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
-            StreamMsg::Pump(PumpEvent::FirstByte) => state.first_byte_ms = Some(state.started.elapsed().as_millis()),
-            StreamMsg::Pump(PumpEvent::Usage { prompt_tokens, completion_tokens }) => {
+            StreamMsg::Pump(PumpEvent::FirstByte) => {
+                state.first_byte_ms = Some(state.started.elapsed().as_millis())
+            }
+            StreamMsg::Pump(PumpEvent::Usage {
+                prompt_tokens,
+                completion_tokens,
+            }) => {
                 state.usage = Some((prompt_tokens, completion_tokens));
             }
             StreamMsg::Pump(PumpEvent::Finished { outcome, chunks }) => {
@@ -124,11 +147,20 @@ impl Actor for StreamSupervisor {
     type State = usize;
     type Arguments = usize;
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, shard: usize) -> Result<usize, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        shard: usize,
+    ) -> Result<usize, ActorProcessingErr> {
         Ok(shard)
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, _shard: &mut usize) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        _shard: &mut usize,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             StreamSupervisorMsg::Live(reply) => {
                 let _ = reply.send(myself.get_children().len());
@@ -147,7 +179,12 @@ impl Actor for StreamSupervisor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, _myself: ActorRef<Self::Msg>, evt: SupervisionEvent, shard: &mut usize) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        shard: &mut usize,
+    ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ActorFailed(cell, err) = evt {
             warn!(shard = *shard, actor = %cell.get_id(), error = %err, "stream actor failed; its stream ends with an error event");
         }
@@ -164,7 +201,10 @@ pub struct StreamSpawner {
 
 impl StreamSpawner {
     pub fn new(shards: Vec<Slot<StreamSupervisorMsg>>) -> Self {
-        Self { shards: std::sync::Arc::new(shards), next: std::sync::Arc::new(AtomicUsize::new(0)) }
+        Self {
+            shards: std::sync::Arc::new(shards),
+            next: std::sync::Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     /// Start the actor for one stream. Falls back to an unsupervised actor if every shard
@@ -172,7 +212,8 @@ impl StreamSpawner {
     pub async fn spawn(&self, job: StreamJob) -> Result<ActorRef<StreamMsg>, SpawnErr> {
         let n = self.shards.len().max(1);
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let supervisor = (0..n).find_map(|i| self.shards.get((start + i) % n).and_then(|s| s.get()));
+        let supervisor =
+            (0..n).find_map(|i| self.shards.get((start + i) % n).and_then(|s| s.get()));
         let (actor, _) = match supervisor {
             Some(sup) => Actor::spawn_linked(None, StreamActor, job, sup.get_cell()).await?,
             None => Actor::spawn(None, StreamActor, job).await?,
@@ -185,8 +226,12 @@ impl StreamSpawner {
         let mut total = 0;
         for slot in self.shards.iter() {
             if let Some(sup) = slot.get() {
-                if let Ok(ractor::rpc::CallResult::Success(n)) =
-                    sup.call(StreamSupervisorMsg::Live, Some(std::time::Duration::from_secs(1))).await
+                if let Ok(ractor::rpc::CallResult::Success(n)) = sup
+                    .call(
+                        StreamSupervisorMsg::Live,
+                        Some(std::time::Duration::from_secs(1)),
+                    )
+                    .await
                 {
                     total += n;
                 }
@@ -205,8 +250,12 @@ impl StreamSpawner {
     pub async fn crash_one(&self) -> bool {
         for slot in self.shards.iter() {
             if let Some(sup) = slot.get() {
-                if let Ok(ractor::rpc::CallResult::Success(true)) =
-                    sup.call(StreamSupervisorMsg::CrashOne, Some(std::time::Duration::from_secs(1))).await
+                if let Ok(ractor::rpc::CallResult::Success(true)) = sup
+                    .call(
+                        StreamSupervisorMsg::CrashOne,
+                        Some(std::time::Duration::from_secs(1)),
+                    )
+                    .await
                 {
                     return true;
                 }

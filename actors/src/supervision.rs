@@ -79,7 +79,10 @@ mod tests {
         let p = RestartPolicy::default();
         let mut book = RestartBook::default();
         let t0 = Instant::now();
-        assert_eq!(book.on_exit(&p, t0), RestartDecision::RestartAfter(Duration::ZERO));
+        assert_eq!(
+            book.on_exit(&p, t0),
+            RestartDecision::RestartAfter(Duration::ZERO)
+        );
         assert_eq!(
             book.on_exit(&p, t0),
             RestartDecision::RestartAfter(Duration::from_millis(50))
@@ -93,7 +96,10 @@ mod tests {
         assert_eq!(book.on_exit(&p, t0), RestartDecision::GiveUp);
         // Outside the window the budget is available again.
         let later = t0 + Duration::from_secs(31);
-        assert_eq!(book.on_exit(&p, later), RestartDecision::RestartAfter(Duration::ZERO));
+        assert_eq!(
+            book.on_exit(&p, later),
+            RestartDecision::RestartAfter(Duration::ZERO)
+        );
     }
 
     proptest! {

@@ -46,7 +46,10 @@ pub struct ModelCard {
 
 impl ModelCard {
     pub fn bare(id: &str) -> Self {
-        Self { id: id.into(), card: None }
+        Self {
+            id: id.into(),
+            card: None,
+        }
     }
 }
 
@@ -56,10 +59,15 @@ pub enum HealthState {
     Unknown,
     Healthy,
     /// The last active probe failed; re-admitted after the next successful probe.
-    Down { reason: String },
+    Down {
+        reason: String,
+    },
     /// Taken out after consecutive request failures; re-admitted by a successful probe
     /// once `until` passed.
-    Ejected { until: Instant, ejections: u32 },
+    Ejected {
+        until: Instant,
+        ejections: u32,
+    },
 }
 
 impl HealthState {
@@ -100,7 +108,9 @@ pub struct BackendHandle {
 
 impl fmt::Debug for BackendHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BackendHandle").field("id", &self.id).finish()
+        f.debug_struct("BackendHandle")
+            .field("id", &self.id)
+            .finish()
     }
 }
 
@@ -224,7 +234,11 @@ impl RoutingTable {
                 }
             }
         }
-        Self { generation, backends, by_model }
+        Self {
+            generation,
+            backends,
+            by_model,
+        }
     }
 
     pub fn knows_model(&self, model: &str) -> bool {
@@ -296,7 +310,10 @@ pub struct SharedTable {
 impl SharedTable {
     pub fn new(initial: RoutingTable) -> Arc<Self> {
         let (tx, _) = watch::channel(initial.generation);
-        Arc::new(Self { current: ArcSwap::from_pointee(initial), generation: tx })
+        Arc::new(Self {
+            current: ArcSwap::from_pointee(initial),
+            generation: tx,
+        })
     }
 
     pub fn load(&self) -> Arc<RoutingTable> {
@@ -335,7 +352,12 @@ mod tests {
     use proptest::prelude::*;
     use rand::SeedableRng;
 
-    fn entry(id: &str, models: &[&str], health: HealthState, cap: u32) -> (BackendId, BackendEntry) {
+    fn entry(
+        id: &str,
+        models: &[&str],
+        health: HealthState,
+        cap: u32,
+    ) -> (BackendId, BackendEntry) {
         let bid = BackendId::new(id);
         let models: Vec<ModelCard> = models.iter().map(|m| ModelCard::bare(m)).collect();
         (
@@ -365,10 +387,16 @@ mod tests {
             .collect(),
         );
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        assert_eq!(t.pick("zz", &[], &mut rng).err(), Some(PickError::UnknownModel));
+        assert_eq!(
+            t.pick("zz", &[], &mut rng).err(),
+            Some(PickError::UnknownModel)
+        );
         assert_eq!(t.pick("m", &[], &mut rng).err(), Some(PickError::NoHealthy));
         let g = t.pick("n", &[], &mut rng).expect("first fits");
-        assert_eq!(t.pick("n", &[], &mut rng).err(), Some(PickError::AtCapacity));
+        assert_eq!(
+            t.pick("n", &[], &mut rng).err(),
+            Some(PickError::AtCapacity)
+        );
         drop(g);
         assert!(t.pick("n", &[], &mut rng).is_ok());
     }

@@ -129,7 +129,11 @@ impl ValidatedConfig {
         line("ADMIN_API_KEYS", secrets(&c.admin_api_keys));
         line(
             "BACKENDS",
-            c.backends.iter().map(|b| format!("{}={}", b.model, b.url)).collect::<Vec<_>>().join(","),
+            c.backends
+                .iter()
+                .map(|b| format!("{}={}", b.model, b.url))
+                .collect::<Vec<_>>()
+                .join(","),
         );
         line("VLLM_SERVERS", c.vllm_servers.join(","));
         line("ENABLE_CORS", c.enable_cors.to_string());
@@ -152,34 +156,79 @@ impl ValidatedConfig {
         line("MAX_BODY_BYTES", c.max_body_bytes.to_string());
         line("MAX_ATTEMPTS", c.max_attempts.to_string());
         line("MAX_IN_FLIGHT", c.max_in_flight.to_string());
-        line("MAX_IN_FLIGHT_PER_SERVER", c.max_in_flight_per_server.to_string());
+        line(
+            "MAX_IN_FLIGHT_PER_SERVER",
+            c.max_in_flight_per_server.to_string(),
+        );
         line("SHUTDOWN_GRACE", ms(c.shutdown_grace));
         line("EJECT_BASE", ms(c.eject_base));
         line("EJECT_MAX", ms(c.eject_max));
         line("FAILURE_THRESHOLD", c.failure_threshold.to_string());
         line(
             "MODEL_ALIASES",
-            c.model_aliases.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+            c.model_aliases
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
         );
-        line("VLLM_API_KEY", c.vllm_api_key.as_ref().map(Secret::masked).unwrap_or_else(|| "(none)".into()));
+        line(
+            "VLLM_API_KEY",
+            c.vllm_api_key
+                .as_ref()
+                .map(Secret::masked)
+                .unwrap_or_else(|| "(none)".into()),
+        );
         line(
             "UPSTREAM_CA_FILE",
-            c.upstream_ca_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            c.upstream_ca_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
         );
         line("LOG_LEVEL", c.log_level.clone());
-        line("LOG_FORMAT", if c.log_format == LogFormat::Json { "json".into() } else { "text".into() });
+        line(
+            "LOG_FORMAT",
+            if c.log_format == LogFormat::Json {
+                "json".into()
+            } else {
+                "text".into()
+            },
+        );
         line("STREAM_SHARDS", c.stream_shards.to_string());
-        line("ROUTE_VIA", if c.route_via_registry { "registry".into() } else { "snapshot".into() });
+        line(
+            "ROUTE_VIA",
+            if c.route_via_registry {
+                "registry".into()
+            } else {
+                "snapshot".into()
+            },
+        );
         line(
             "TOOL_CALL_FORMATS",
-            c.tool_call_formats.rules().map(|(g, f)| format!("{g}={f}")).collect::<Vec<_>>().join(","),
+            c.tool_call_formats
+                .rules()
+                .map(|(g, f)| format!("{g}={f}"))
+                .collect::<Vec<_>>()
+                .join(","),
         );
-        line("TOOL_CALL_CODE_FENCE", c.tool_call_options.accept_code_fence.to_string());
-        line("TOOL_CALL_HARMONY_STRIPPED", c.tool_call_options.harmony_stripped_recovery.to_string());
+        line(
+            "TOOL_CALL_CODE_FENCE",
+            c.tool_call_options.accept_code_fence.to_string(),
+        );
+        line(
+            "TOOL_CALL_HARMONY_STRIPPED",
+            c.tool_call_options.harmony_stripped_recovery.to_string(),
+        );
         for s in &c.server_options {
             line(
                 "servers[]",
-                format!("url={} models={} max_in_flight={}", s.url, s.models.join("|"), s.max_in_flight.map(|n| n.to_string()).unwrap_or_default()),
+                format!(
+                    "url={} models={} max_in_flight={}",
+                    s.url,
+                    s.models.join("|"),
+                    s.max_in_flight.map(|n| n.to_string()).unwrap_or_default()
+                ),
             );
         }
         out
@@ -217,14 +266,19 @@ impl Config {
                 return match std::fs::read_to_string(&path) {
                     Ok(s) => Some(s.trim().to_owned()),
                     Err(e) => {
-                        file_errors.borrow_mut().push(ConfigError { name: file_var, reason: format!("cannot read {path}: {e}") });
+                        file_errors.borrow_mut().push(ConfigError {
+                            name: file_var,
+                            reason: format!("cannot read {path}: {e}"),
+                        });
                         None
                     }
                 };
             }
             raw.get(name).cloned()
         };
-        let mut p = parse::Parser { errors: &mut errors };
+        let mut p = parse::Parser {
+            errors: &mut errors,
+        };
         macro_rules! v {
             ($name:expr) => {
                 get($name)
@@ -240,7 +294,11 @@ impl Config {
             server_options,
             enable_cors: p.bool("ENABLE_CORS", v!("ENABLE_CORS"), false),
             cors_origins: p.cors("CORS_ORIGIN", v!("CORS_ORIGIN")),
-            health_check_interval: p.ms("HEALTH_CHECK_INTERVAL", v!("HEALTH_CHECK_INTERVAL"), 30_000),
+            health_check_interval: p.ms(
+                "HEALTH_CHECK_INTERVAL",
+                v!("HEALTH_CHECK_INTERVAL"),
+                30_000,
+            ),
             health_probe_timeout: p.ms("HEALTH_PROBE_TIMEOUT", v!("HEALTH_PROBE_TIMEOUT"), 5_000),
             discovery_interval: p.ms("DISCOVERY_INTERVAL", v!("DISCOVERY_INTERVAL"), 30_000),
             connect_timeout: p.ms("CONNECT_TIMEOUT", v!("CONNECT_TIMEOUT"), 5_000),
@@ -249,29 +307,47 @@ impl Config {
             body_read_timeout: p.ms("BODY_READ_TIMEOUT", v!("BODY_READ_TIMEOUT"), 30_000),
             stream_idle_timeout: p.ms("STREAM_IDLE_TIMEOUT", v!("STREAM_IDLE_TIMEOUT"), 60_000),
             header_read_timeout: p.ms("HEADER_READ_TIMEOUT", v!("HEADER_READ_TIMEOUT"), 10_000),
-            max_body_bytes: p.num("MAX_BODY_BYTES", v!("MAX_BODY_BYTES"), 10 * 1024 * 1024usize),
+            max_body_bytes: p.num(
+                "MAX_BODY_BYTES",
+                v!("MAX_BODY_BYTES"),
+                10 * 1024 * 1024usize,
+            ),
             max_attempts: p.num("MAX_ATTEMPTS", v!("MAX_ATTEMPTS"), 2u32),
             max_in_flight: p.num("MAX_IN_FLIGHT", v!("MAX_IN_FLIGHT"), 4096usize),
-            max_in_flight_per_server: p.num("MAX_IN_FLIGHT_PER_SERVER", v!("MAX_IN_FLIGHT_PER_SERVER"), 512u32),
+            max_in_flight_per_server: p.num(
+                "MAX_IN_FLIGHT_PER_SERVER",
+                v!("MAX_IN_FLIGHT_PER_SERVER"),
+                512u32,
+            ),
             shutdown_grace: p.ms("SHUTDOWN_GRACE", v!("SHUTDOWN_GRACE"), 30_000),
             eject_base: p.ms("EJECT_BASE", v!("EJECT_BASE"), 30_000),
             eject_max: p.ms("EJECT_MAX", v!("EJECT_MAX"), 300_000),
             failure_threshold: p.num("FAILURE_THRESHOLD", v!("FAILURE_THRESHOLD"), 5u32),
             model_aliases: p.aliases("MODEL_ALIASES", v!("MODEL_ALIASES")),
-            vllm_api_key: v!("VLLM_API_KEY").filter(|s| !s.trim().is_empty()).map(|s| Secret::new(s.trim())),
-            upstream_ca_file: v!("UPSTREAM_CA_FILE").filter(|s| !s.is_empty()).map(PathBuf::from),
+            vllm_api_key: v!("VLLM_API_KEY")
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| Secret::new(s.trim())),
+            upstream_ca_file: v!("UPSTREAM_CA_FILE")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
             log_level: v!("LOG_LEVEL").unwrap_or_else(|| "info".into()),
             log_format: p.log_format("LOG_FORMAT", v!("LOG_FORMAT")),
             stream_shards: p.num(
                 "STREAM_SHARDS",
                 v!("STREAM_SHARDS"),
-                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2),
             ),
             route_via_registry: p.route_via("ROUTE_VIA", v!("ROUTE_VIA")),
             tool_call_formats: p.tool_formats("TOOL_CALL_FORMATS", v!("TOOL_CALL_FORMATS")),
             tool_call_options: ToolOptions {
                 accept_code_fence: p.bool("TOOL_CALL_CODE_FENCE", v!("TOOL_CALL_CODE_FENCE"), true),
-                harmony_stripped_recovery: p.bool("TOOL_CALL_HARMONY_STRIPPED", v!("TOOL_CALL_HARMONY_STRIPPED"), false),
+                harmony_stripped_recovery: p.bool(
+                    "TOOL_CALL_HARMONY_STRIPPED",
+                    v!("TOOL_CALL_HARMONY_STRIPPED"),
+                    false,
+                ),
             },
         };
         errors.extend(file_errors.into_inner());
@@ -286,7 +362,10 @@ impl Config {
     /// Defaults with no backends; tests and the demo fill in what they need.
     pub fn defaults() -> Config {
         let none = |_: &str| None;
-        let src = Sources { env: &none, file: None };
+        let src = Sources {
+            env: &none,
+            file: None,
+        };
         match Config::load(&src) {
             Ok(v) => v.0,
             // Defaults always validate; a failure here is a programming error caught by tests.
@@ -297,7 +376,12 @@ impl Config {
 
 fn validate(c: &Config) -> Vec<ConfigError> {
     let mut errors = Vec::new();
-    let mut err = |name: &str, reason: &str| errors.push(ConfigError { name: name.into(), reason: reason.into() });
+    let mut err = |name: &str, reason: &str| {
+        errors.push(ConfigError {
+            name: name.into(),
+            reason: reason.into(),
+        })
+    };
     if c.max_attempts == 0 {
         err("MAX_ATTEMPTS", "must be at least 1");
     }
@@ -332,7 +416,10 @@ fn validate(c: &Config) -> Vec<ConfigError> {
         err("FAILURE_THRESHOLD", "must be at least 1");
     }
     if c.enable_cors && c.cors_origins == CorsOrigins::List(Vec::new()) {
-        err("CORS_ORIGIN", "ENABLE_CORS=true needs CORS_ORIGIN (a list of origins, or *)");
+        err(
+            "CORS_ORIGIN",
+            "ENABLE_CORS=true needs CORS_ORIGIN (a list of origins, or *)",
+        );
     }
     if let Some(path) = &c.upstream_ca_file {
         if !path.is_file() {
@@ -340,11 +427,17 @@ fn validate(c: &Config) -> Vec<ConfigError> {
         }
     }
     if tracing_subscriber::EnvFilter::try_new(&c.log_level).is_err() {
-        err("LOG_LEVEL", "not a valid level or filter (e.g. info, debug, llmmux=debug)");
+        err(
+            "LOG_LEVEL",
+            "not a valid level or filter (e.g. info, debug, llmmux=debug)",
+        );
     }
     for (alias, target) in &c.model_aliases {
         if alias == target {
-            err("MODEL_ALIASES", &format!("alias {alias:?} points to itself"));
+            err(
+                "MODEL_ALIASES",
+                &format!("alias {alias:?} points to itself"),
+            );
         }
     }
     errors

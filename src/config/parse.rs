@@ -21,7 +21,10 @@ pub(super) struct Parser<'e> {
 
 impl Parser<'_> {
     fn fail(&mut self, name: &str, reason: String) {
-        self.errors.push(ConfigError { name: name.to_owned(), reason });
+        self.errors.push(ConfigError {
+            name: name.to_owned(),
+            reason,
+        });
     }
 
     pub fn num<T: FromStr + Copy>(&mut self, name: &str, raw: Option<String>, default: T) -> T {
@@ -39,7 +42,11 @@ impl Parser<'_> {
     }
 
     pub fn bool(&mut self, name: &str, raw: Option<String>, default: bool) -> bool {
-        match raw.as_deref().map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+        match raw
+            .as_deref()
+            .map(|s| s.trim().to_ascii_lowercase())
+            .as_deref()
+        {
             None | Some("") => default,
             Some("1" | "true" | "yes" | "on") => true,
             Some("0" | "false" | "no" | "off") => false,
@@ -73,7 +80,12 @@ impl Parser<'_> {
 
     pub fn servers(&mut self, name: &str, raw: Option<String>) -> Vec<String> {
         let mut out = Vec::new();
-        for entry in raw.unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        for entry in raw
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             match normalize_base_url(entry) {
                 Ok(url) => {
                     if !out.contains(&url) {
@@ -88,7 +100,11 @@ impl Parser<'_> {
 
     pub fn cors(&mut self, name: &str, raw: Option<String>) -> CorsOrigins {
         let raw = raw.unwrap_or_default();
-        let items: Vec<&str> = raw.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let items: Vec<&str> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         if items == ["*"] {
             return CorsOrigins::Any;
         }
@@ -99,9 +115,15 @@ impl Parser<'_> {
             } else if item.eq_ignore_ascii_case("null") {
                 self.fail(name, "the null origin cannot be allowed".into());
             } else if !(item.starts_with("http://") || item.starts_with("https://"))
-                || item.trim_start_matches("https://").trim_start_matches("http://").contains('/')
+                || item
+                    .trim_start_matches("https://")
+                    .trim_start_matches("http://")
+                    .contains('/')
             {
-                self.fail(name, format!("{item:?} is not an origin like https://app.example.com"));
+                self.fail(
+                    name,
+                    format!("{item:?} is not an origin like https://app.example.com"),
+                );
             } else {
                 list.push(item.to_ascii_lowercase());
             }
@@ -111,7 +133,12 @@ impl Parser<'_> {
 
     pub fn aliases(&mut self, name: &str, raw: Option<String>) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
-        for entry in raw.unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        for entry in raw
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             match entry.split_once('=') {
                 Some((a, t)) if !a.trim().is_empty() && !t.trim().is_empty() => {
                     out.insert(a.trim().to_owned(), t.trim().to_owned());
@@ -138,7 +165,10 @@ impl Parser<'_> {
             None | Some("") | Some("snapshot") => false,
             Some("registry") => true,
             Some(other) => {
-                self.fail(name, format!("expected registry or snapshot, got {other:?}"));
+                self.fail(
+                    name,
+                    format!("expected registry or snapshot, got {other:?}"),
+                );
                 false
             }
         }
@@ -176,7 +206,11 @@ pub fn normalize_base_url(s: &str) -> Result<String, String> {
     if authority.is_empty() {
         return Err("missing host".into());
     }
-    if authority.contains('@') || authority.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if authority.contains('@')
+        || authority
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err("invalid host".into());
     }
     let (host, port) = match authority.rsplit_once(':') {
@@ -208,7 +242,8 @@ pub fn parse_backends(raw: &str) -> Result<Vec<StaticBackend>, Vec<String>> {
             let mut parts = entry.rsplitn(3, ':');
             match (parts.next(), parts.next(), parts.next()) {
                 (Some(port), Some(host), Some(model)) => {
-                    normalize_base_url(&format!("{host}:{port}")).map(|url| (model.trim().to_owned(), url))
+                    normalize_base_url(&format!("{host}:{port}"))
+                        .map(|url| (model.trim().to_owned(), url))
                 }
                 _ => Err("expected model:host:port or model=http://host:port".into()),
             }

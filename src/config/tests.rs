@@ -2,16 +2,35 @@ use super::*;
 use std::collections::HashMap;
 
 fn load(vars: &[(&str, &str)]) -> Result<ValidatedConfig, Vec<ConfigError>> {
-    let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let env = move |k: &str| map.get(k).cloned();
-    Config::load(&Sources { env: &env, file: None })
+    Config::load(&Sources {
+        env: &env,
+        file: None,
+    })
 }
 
 #[test]
 fn seed_backends_split_from_the_right() {
-    let b = parse_backends("meta-llama/Llama-3:8b:10.0.0.1:8000, m2=https://h:9000/").expect("valid");
-    assert_eq!(b[0], StaticBackend { model: "meta-llama/Llama-3:8b".into(), url: "http://10.0.0.1:8000".into() });
-    assert_eq!(b[1], StaticBackend { model: "m2".into(), url: "https://h:9000".into() });
+    let b =
+        parse_backends("meta-llama/Llama-3:8b:10.0.0.1:8000, m2=https://h:9000/").expect("valid");
+    assert_eq!(
+        b[0],
+        StaticBackend {
+            model: "meta-llama/Llama-3:8b".into(),
+            url: "http://10.0.0.1:8000".into()
+        }
+    );
+    assert_eq!(
+        b[1],
+        StaticBackend {
+            model: "m2".into(),
+            url: "https://h:9000".into()
+        }
+    );
     assert!(parse_backends("nohostport").is_err());
     assert!(parse_backends("m:h:99999").is_err());
     assert!(parse_backends(":h:80").is_err());
@@ -19,7 +38,12 @@ fn seed_backends_split_from_the_right() {
 
 #[test]
 fn defaults_and_overrides() {
-    let c = load(&[("PORT", "9090"), ("BACKENDS", "m:127.0.0.1:8000"), ("API_KEYS", "a, b")]).expect("valid");
+    let c = load(&[
+        ("PORT", "9090"),
+        ("BACKENDS", "m:127.0.0.1:8000"),
+        ("API_KEYS", "a, b"),
+    ])
+    .expect("valid");
     assert_eq!(c.port, 9090);
     assert_eq!(c.api_keys.len(), 2);
     assert_eq!(c.health_check_interval, Duration::from_millis(30_000));
@@ -30,7 +54,13 @@ fn defaults_and_overrides() {
 
 #[test]
 fn all_problems_reported_at_once_naming_the_variable() {
-    let errs = load(&[("PORT", "eighty"), ("MAX_ATTEMPTS", "0"), ("ENABLE_CORS", "maybe"), ("VLLM_SERVERS", "ftp://x:1")]).expect_err("invalid");
+    let errs = load(&[
+        ("PORT", "eighty"),
+        ("MAX_ATTEMPTS", "0"),
+        ("ENABLE_CORS", "maybe"),
+        ("VLLM_SERVERS", "ftp://x:1"),
+    ])
+    .expect_err("invalid");
     let names: Vec<&str> = errs.iter().map(|e| e.name.as_str()).collect();
     for n in ["PORT", "MAX_ATTEMPTS", "ENABLE_CORS", "VLLM_SERVERS"] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
@@ -39,9 +69,24 @@ fn all_problems_reported_at_once_naming_the_variable() {
 
 #[test]
 fn cors_rules() {
-    assert_eq!(load(&[("ENABLE_CORS", "true"), ("CORS_ORIGIN", "*")]).expect("valid").cors_origins, CorsOrigins::Any);
-    let c = load(&[("ENABLE_CORS", "true"), ("CORS_ORIGIN", "https://a.example, http://b.example:3000")]).expect("valid");
-    assert_eq!(c.cors_origins, CorsOrigins::List(vec!["https://a.example".into(), "http://b.example:3000".into()]));
+    assert_eq!(
+        load(&[("ENABLE_CORS", "true"), ("CORS_ORIGIN", "*")])
+            .expect("valid")
+            .cors_origins,
+        CorsOrigins::Any
+    );
+    let c = load(&[
+        ("ENABLE_CORS", "true"),
+        ("CORS_ORIGIN", "https://a.example, http://b.example:3000"),
+    ])
+    .expect("valid");
+    assert_eq!(
+        c.cors_origins,
+        CorsOrigins::List(vec![
+            "https://a.example".into(),
+            "http://b.example:3000".into()
+        ])
+    );
     assert!(load(&[("CORS_ORIGIN", "null")]).is_err());
     assert!(load(&[("CORS_ORIGIN", "*,https://a.example")]).is_err());
     assert!(load(&[("ENABLE_CORS", "true")]).is_err());
@@ -53,7 +98,11 @@ fn secrets_from_files_and_masked_output() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let f = dir.join("keys");
     std::fs::write(&f, "sk-from-file\n").expect("write");
-    let c = load(&[("API_KEYS_FILE", f.to_str().expect("utf8")), ("VLLM_API_KEY", "vk-secret")]).expect("valid");
+    let c = load(&[
+        ("API_KEYS_FILE", f.to_str().expect("utf8")),
+        ("VLLM_API_KEY", "vk-secret"),
+    ])
+    .expect("valid");
     assert_eq!(c.api_keys[0].expose(), "sk-from-file");
     let shown = c.render_masked();
     assert!(!shown.contains("sk-from-file") && !shown.contains("vk-secret"));
@@ -75,14 +124,25 @@ fn yaml_file_with_env_winning() {
     )
     .expect("write");
     let env = |k: &str| (k == "PORT").then(|| "7001".to_string());
-    let c = Config::load(&Sources { env: &env, file: Some(f.clone()) }).expect("valid");
+    let c = Config::load(&Sources {
+        env: &env,
+        file: Some(f.clone()),
+    })
+    .expect("valid");
     assert_eq!(c.port, 7001);
     assert_eq!(c.max_attempts, 3);
-    assert_eq!(c.model_aliases.get("gpt-4").map(String::as_str), Some("qwen3"));
+    assert_eq!(
+        c.model_aliases.get("gpt-4").map(String::as_str),
+        Some("qwen3")
+    );
     assert_eq!(c.server_options[0].max_in_flight, Some(4));
     std::fs::write(&f, "bogus_key: 1\n").expect("write");
     let none = |_: &str| None;
-    let errs = Config::load(&Sources { env: &none, file: Some(f) }).expect_err("unknown key");
+    let errs = Config::load(&Sources {
+        env: &none,
+        file: Some(f),
+    })
+    .expect_err("unknown key");
     assert!(errs[0].reason.contains("bogus_key"));
     let _ = std::fs::remove_dir_all(dir);
 }

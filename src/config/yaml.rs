@@ -30,22 +30,56 @@ fn yes() -> bool {
 }
 
 const KNOWN: &[&str] = &[
-    "host", "port", "api_keys", "admin_api_keys", "backends", "vllm_servers", "enable_cors",
-    "cors_origin", "health_check_interval", "health_probe_timeout", "discovery_interval",
-    "connect_timeout", "first_byte_timeout", "request_timeout", "body_read_timeout", "stream_idle_timeout", "header_read_timeout",
-    "max_body_bytes", "max_attempts", "max_in_flight", "max_in_flight_per_server",
-    "shutdown_grace", "eject_base", "eject_max", "failure_threshold", "model_aliases",
-    "vllm_api_key", "upstream_ca_file", "log_level", "log_format", "stream_shards", "route_via",
-    "tool_call_formats", "tool_call_code_fence", "tool_call_harmony_stripped",
+    "host",
+    "port",
+    "api_keys",
+    "admin_api_keys",
+    "backends",
+    "vllm_servers",
+    "enable_cors",
+    "cors_origin",
+    "health_check_interval",
+    "health_probe_timeout",
+    "discovery_interval",
+    "connect_timeout",
+    "first_byte_timeout",
+    "request_timeout",
+    "body_read_timeout",
+    "stream_idle_timeout",
+    "header_read_timeout",
+    "max_body_bytes",
+    "max_attempts",
+    "max_in_flight",
+    "max_in_flight_per_server",
+    "shutdown_grace",
+    "eject_base",
+    "eject_max",
+    "failure_threshold",
+    "model_aliases",
+    "vllm_api_key",
+    "upstream_ca_file",
+    "log_level",
+    "log_format",
+    "stream_shards",
+    "route_via",
+    "tool_call_formats",
+    "tool_call_code_fence",
+    "tool_call_harmony_stripped",
 ];
 
 fn err(reason: String) -> ConfigError {
-    ConfigError { name: "--config".into(), reason }
+    ConfigError {
+        name: "--config".into(),
+        reason,
+    }
 }
 
 /// Flatten the file into `NAME → string` (lists become comma-separated) plus server options.
-pub(super) fn load(path: &Path) -> Result<(BTreeMap<String, String>, Vec<ServerOptions>), ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+pub(super) fn load(
+    path: &Path,
+) -> Result<(BTreeMap<String, String>, Vec<ServerOptions>), ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
     let doc: BTreeMap<String, serde_yaml::Value> =
         serde_yaml::from_str(&text).map_err(|e| err(format!("invalid YAML: {e}")))?;
     let mut flat = BTreeMap::new();
@@ -58,7 +92,8 @@ pub(super) fn load(path: &Path) -> Result<(BTreeMap<String, String>, Vec<ServerO
         if !KNOWN.contains(&key.as_str()) {
             return Err(err(format!("unknown setting {key:?}")));
         }
-        let text = scalar_or_list(&value).ok_or_else(|| err(format!("{key}: expected a value or a list")))?;
+        let text = scalar_or_list(&value)
+            .ok_or_else(|| err(format!("{key}: expected a value or a list")))?;
         flat.insert(key.to_ascii_uppercase(), text);
     }
     Ok((flat, servers))
@@ -71,7 +106,11 @@ fn scalar_or_list(v: &serde_yaml::Value) -> Option<String> {
         Value::Bool(b) => Some(b.to_string()),
         Value::Number(n) => Some(n.to_string()),
         Value::Null => Some(String::new()),
-        Value::Sequence(items) => items.iter().map(scalar_or_list).collect::<Option<Vec<_>>>().map(|v| v.join(",")),
+        Value::Sequence(items) => items
+            .iter()
+            .map(scalar_or_list)
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.join(",")),
         Value::Mapping(m) => m
             .iter()
             .map(|(k, v)| Some(format!("{}={}", scalar_or_list(k)?, scalar_or_list(v)?)))

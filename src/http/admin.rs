@@ -68,7 +68,9 @@ pub async fn set_drain(state: &AppState, id: &str, drained: bool) -> Response<Bo
             StatusCode::NOT_FOUND,
             &json!({"error": {"message": format!("No server with id `{id}`."), "type": "invalid_request_error", "param": "id", "code": "not_found"}}),
         ),
-        Err(_) => GatewayError::Unavailable("The registry is restarting; retry shortly.").into_response(),
+        Err(_) => {
+            GatewayError::Unavailable("The registry is restarting; retry shortly.").into_response()
+        }
     }
 }
 
@@ -99,10 +101,15 @@ pub fn discovery_stats(state: &AppState) -> Response<Body> {
 }
 
 pub async fn discovery_refresh(state: &AppState) -> Response<Body> {
-    let Some(d) = &state.discovery else { return disabled() };
+    let Some(d) = &state.discovery else {
+        return disabled();
+    };
     let timeout = state.cfg.health_probe_timeout + Duration::from_secs(5);
     match d.refresh(timeout).await {
         Some(s) => json_response(StatusCode::OK, &stats_json(&s)),
-        None => GatewayError::Unavailable("Discovery is restarting or did not finish in time; retry shortly.").into_response(),
+        None => GatewayError::Unavailable(
+            "Discovery is restarting or did not finish in time; retry shortly.",
+        )
+        .into_response(),
     }
 }

@@ -20,11 +20,17 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn matches_any(keys: &[Secret], token: &str) -> bool {
-    keys.iter().fold(false, |hit, k| hit | ct_eq(k.expose().as_bytes(), token.as_bytes()))
+    keys.iter().fold(false, |hit, k| {
+        hit | ct_eq(k.expose().as_bytes(), token.as_bytes())
+    })
 }
 
 /// Inference and read-only routes: open when no key is configured.
-pub fn check_api_key(keys: &[Secret], admin_keys: &[Secret], headers: &HeaderMap) -> Result<(), GatewayError> {
+pub fn check_api_key(
+    keys: &[Secret],
+    admin_keys: &[Secret],
+    headers: &HeaderMap,
+) -> Result<(), GatewayError> {
     if keys.is_empty() {
         return Ok(());
     }
@@ -37,7 +43,9 @@ pub fn check_api_key(keys: &[Secret], admin_keys: &[Secret], headers: &HeaderMap
 /// Admin routes: only `ADMIN_API_KEYS`; with none configured the admin API is off.
 pub fn check_admin_key(admin_keys: &[Secret], headers: &HeaderMap) -> Result<(), GatewayError> {
     if admin_keys.is_empty() {
-        return Err(GatewayError::Forbidden("The admin API is disabled: set ADMIN_API_KEYS to enable it."));
+        return Err(GatewayError::Forbidden(
+            "The admin API is disabled: set ADMIN_API_KEYS to enable it.",
+        ));
     }
     match bearer(headers) {
         Some(t) if matches_any(admin_keys, t) => Ok(()),
@@ -51,7 +59,10 @@ mod tests {
 
     fn h(v: &str) -> HeaderMap {
         let mut m = HeaderMap::new();
-        m.insert(http::header::AUTHORIZATION, v.parse().expect("valid header"));
+        m.insert(
+            http::header::AUTHORIZATION,
+            v.parse().expect("valid header"),
+        );
         m
     }
 

@@ -28,7 +28,7 @@ pub struct ChannelBody<G: Send + Sync + Unpin + 'static> {
 }
 
 impl<G: Send + Sync + Unpin + 'static> ChannelBody<G> {
-    pub fn new(rx: mpsc::Receiver<Bytes>, guard: G) -> Body {
+    pub fn boxed_body(rx: mpsc::Receiver<Bytes>, guard: G) -> Body {
         ChannelBody { rx, _guard: guard }.boxed()
     }
 }
@@ -37,7 +37,13 @@ impl<G: Send + Sync + Unpin + 'static> http_body::Body for ChannelBody<G> {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.get_mut().rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.get_mut()
+            .rx
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(Frame::data(b))))
     }
 }

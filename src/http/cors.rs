@@ -16,7 +16,7 @@ pub fn allowed_origin(cfg: &Config, headers: &HeaderMap) -> Option<HeaderValue> 
         CorsOrigins::Any => Some(HeaderValue::from_static("*")),
         CorsOrigins::List(list) => {
             let o = origin.to_str().ok()?.to_ascii_lowercase();
-            list.iter().any(|a| *a == o).then(|| origin.clone())
+            list.contains(&o).then(|| origin.clone())
         }
     }
 }
@@ -25,7 +25,10 @@ pub fn decorate(cfg: &Config, allow: Option<HeaderValue>, resp: &mut Response<Bo
     let Some(allow) = allow else { return };
     let h = resp.headers_mut();
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
-    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("x-request-id, retry-after"));
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("x-request-id, retry-after"),
+    );
     if matches!(cfg.cors_origins, CorsOrigins::List(_)) {
         h.append(header::VARY, HeaderValue::from_static("Origin"));
     }
@@ -36,12 +39,18 @@ pub fn preflight(cfg: &Config, allow: Option<HeaderValue>) -> Response<Body> {
     *resp.status_mut() = StatusCode::NO_CONTENT;
     if allow.is_some() {
         let h = resp.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
         h.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static("authorization, content-type, x-request-id, openai-organization, openai-project, x-stainless-os, x-stainless-lang, x-stainless-package-version, x-stainless-runtime, x-stainless-runtime-version, x-stainless-arch, x-stainless-retry-count, x-stainless-timeout"),
         );
-        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
     }
     decorate(cfg, allow, &mut resp);
     resp

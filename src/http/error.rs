@@ -28,7 +28,10 @@ pub enum GatewayError {
     #[error("invalid JSON: {0}")]
     InvalidJson(String),
     #[error("invalid request: {message}")]
-    InvalidRequest { message: String, param: Option<&'static str> },
+    InvalidRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
     #[error("gateway overloaded")]
     Overloaded,
     #[error("all servers for the model are at capacity")]
@@ -59,7 +62,9 @@ impl GatewayError {
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             InvalidJson(_) | InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             AtCapacity(_) => StatusCode::TOO_MANY_REQUESTS,
-            Overloaded | NoHealthyBackend(_) | ShuttingDown | Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Overloaded | NoHealthyBackend(_) | ShuttingDown | Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             UpstreamFailed => StatusCode::BAD_GATEWAY,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -70,7 +75,9 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<u32> {
         match self {
             GatewayError::Overloaded | GatewayError::AtCapacity(_) => Some(1),
-            GatewayError::NoHealthyBackend(_) | GatewayError::ShuttingDown | GatewayError::Unavailable(_) => Some(5),
+            GatewayError::NoHealthyBackend(_)
+            | GatewayError::ShuttingDown
+            | GatewayError::Unavailable(_) => Some(5),
             _ => None,
         }
     }
@@ -79,23 +86,104 @@ impl GatewayError {
     fn parts(&self) -> (&'static str, &'static str, Option<&'static str>, String) {
         use GatewayError::*;
         match self {
-            Unauthorized => ("invalid_request_error", "invalid_api_key", None, "Missing or invalid API key. Send it as 'Authorization: Bearer <key>'.".into()),
+            Unauthorized => (
+                "invalid_request_error",
+                "invalid_api_key",
+                None,
+                "Missing or invalid API key. Send it as 'Authorization: Bearer <key>'.".into(),
+            ),
             Forbidden(why) => ("permission_denied", "forbidden", None, (*why).into()),
-            UnknownRoute => ("invalid_request_error", "not_found", None, "Unknown route.".into()),
-            MethodNotAllowed => ("invalid_request_error", "method_not_allowed", None, "Method not allowed on this route.".into()),
-            ModelNotFound(m) => ("invalid_request_error", "model_not_found", Some("model"), format!("The model `{}` does not exist.", printable(m))),
-            BodyTooLarge(max) => ("invalid_request_error", "request_too_large", None, format!("Request body exceeds the limit of {max} bytes.")),
-            BodyTimeout => ("invalid_request_error", "request_timeout", None, "The request body was not received in time.".into()),
-            InvalidJson(why) => ("invalid_request_error", "invalid_json", None, format!("The request body is not valid JSON: {why}")),
-            InvalidRequest { message, param } => ("invalid_request_error", "invalid_request", *param, message.clone()),
-            Overloaded => ("server_error", "overloaded", None, "The gateway is at its concurrency limit; retry shortly.".into()),
-            AtCapacity(m) => ("requests", "rate_limit_exceeded", None, format!("All servers for `{}` are at capacity; retry shortly.", printable(m))),
-            NoHealthyBackend(m) => ("server_error", "no_healthy_backend", None, format!("No healthy server is available for `{}`; retry shortly.", printable(m))),
-            UpstreamTimeout => ("server_error", "upstream_timeout", None, "The model server did not answer in time.".into()),
-            UpstreamFailed => ("server_error", "upstream_error", None, "The model server failed to answer.".into()),
-            ShuttingDown => ("server_error", "shutting_down", None, "The gateway is shutting down.".into()),
+            UnknownRoute => (
+                "invalid_request_error",
+                "not_found",
+                None,
+                "Unknown route.".into(),
+            ),
+            MethodNotAllowed => (
+                "invalid_request_error",
+                "method_not_allowed",
+                None,
+                "Method not allowed on this route.".into(),
+            ),
+            ModelNotFound(m) => (
+                "invalid_request_error",
+                "model_not_found",
+                Some("model"),
+                format!("The model `{}` does not exist.", printable(m)),
+            ),
+            BodyTooLarge(max) => (
+                "invalid_request_error",
+                "request_too_large",
+                None,
+                format!("Request body exceeds the limit of {max} bytes."),
+            ),
+            BodyTimeout => (
+                "invalid_request_error",
+                "request_timeout",
+                None,
+                "The request body was not received in time.".into(),
+            ),
+            InvalidJson(why) => (
+                "invalid_request_error",
+                "invalid_json",
+                None,
+                format!("The request body is not valid JSON: {why}"),
+            ),
+            InvalidRequest { message, param } => (
+                "invalid_request_error",
+                "invalid_request",
+                *param,
+                message.clone(),
+            ),
+            Overloaded => (
+                "server_error",
+                "overloaded",
+                None,
+                "The gateway is at its concurrency limit; retry shortly.".into(),
+            ),
+            AtCapacity(m) => (
+                "requests",
+                "rate_limit_exceeded",
+                None,
+                format!(
+                    "All servers for `{}` are at capacity; retry shortly.",
+                    printable(m)
+                ),
+            ),
+            NoHealthyBackend(m) => (
+                "server_error",
+                "no_healthy_backend",
+                None,
+                format!(
+                    "No healthy server is available for `{}`; retry shortly.",
+                    printable(m)
+                ),
+            ),
+            UpstreamTimeout => (
+                "server_error",
+                "upstream_timeout",
+                None,
+                "The model server did not answer in time.".into(),
+            ),
+            UpstreamFailed => (
+                "server_error",
+                "upstream_error",
+                None,
+                "The model server failed to answer.".into(),
+            ),
+            ShuttingDown => (
+                "server_error",
+                "shutting_down",
+                None,
+                "The gateway is shutting down.".into(),
+            ),
             Unavailable(why) => ("server_error", "unavailable", None, (*why).into()),
-            Internal => ("server_error", "internal_error", None, "Internal gateway error.".into()),
+            Internal => (
+                "server_error",
+                "internal_error",
+                None,
+                "Internal gateway error.".into(),
+            ),
         }
     }
 
@@ -107,7 +195,8 @@ impl GatewayError {
     pub fn into_response(self) -> Response<Body> {
         let mut resp = json_response(self.status(), &self.body_json());
         if let Some(secs) = self.retry_after() {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
@@ -132,7 +221,10 @@ fn printable(s: &str) -> String {
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(full(Bytes::from(value.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -156,12 +248,20 @@ pub fn normalize_upstream_error(status: StatusCode, body: &[u8]) -> serde_json::
             let text = String::from_utf8_lossy(body);
             let t = text.trim();
             if t.is_empty() {
-                status.canonical_reason().unwrap_or("upstream error").to_owned()
+                status
+                    .canonical_reason()
+                    .unwrap_or("upstream error")
+                    .to_owned()
             } else {
                 t.chars().take(1000).collect()
             }
         });
-    let param = source.as_ref().and_then(|s| s.get("param")).filter(|p| p.is_string()).cloned().unwrap_or(serde_json::Value::Null);
+    let param = source
+        .as_ref()
+        .and_then(|s| s.get("param"))
+        .filter(|p| p.is_string())
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
     let ty = match status.as_u16() {
         400 | 401 | 404 | 413 | 422 => "invalid_request_error",
         403 => "permission_denied",
@@ -171,7 +271,9 @@ pub fn normalize_upstream_error(status: StatusCode, body: &[u8]) -> serde_json::
     };
     let code = match source.as_ref().and_then(|s| s.get("code")) {
         Some(serde_json::Value::String(s)) => json!(s),
-        _ if status == StatusCode::NOT_FOUND && param.as_str() == Some("model") => json!("model_not_found"),
+        _ if status == StatusCode::NOT_FOUND && param.as_str() == Some("model") => {
+            json!("model_not_found")
+        }
         _ if message.contains("maximum context length") => json!("context_length_exceeded"),
         _ => serde_json::Value::Null,
     };
@@ -192,7 +294,10 @@ mod tests {
         let v = normalize_upstream_error(StatusCode::BAD_REQUEST, legacy);
         assert_eq!(v["error"]["code"], "context_length_exceeded");
         let fastapi = br#"{"detail":"Not Found"}"#;
-        assert_eq!(normalize_upstream_error(StatusCode::NOT_FOUND, fastapi)["error"]["message"], "Not Found");
+        assert_eq!(
+            normalize_upstream_error(StatusCode::NOT_FOUND, fastapi)["error"]["message"],
+            "Not Found"
+        );
         let junk = b"<html>oops</html>";
         let v = normalize_upstream_error(StatusCode::BAD_GATEWAY, junk);
         assert_eq!(v["error"]["type"], "server_error");
@@ -201,7 +306,12 @@ mod tests {
 
     #[test]
     fn every_error_is_openai_shaped() {
-        for e in [GatewayError::Unauthorized, GatewayError::Overloaded, GatewayError::ModelNotFound("m".into()), GatewayError::Internal] {
+        for e in [
+            GatewayError::Unauthorized,
+            GatewayError::Overloaded,
+            GatewayError::ModelNotFound("m".into()),
+            GatewayError::Internal,
+        ] {
             let v = e.body_json();
             for k in ["message", "type", "param", "code"] {
                 assert!(v["error"].get(k).is_some(), "{e:?} lacks {k}");

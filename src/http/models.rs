@@ -13,7 +13,10 @@ use super::error::{json_response, GatewayError};
 use crate::app::AppState;
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// id → card for every model with at least one routable server.
@@ -42,7 +45,10 @@ pub fn available(state: &AppState) -> BTreeMap<String, Value> {
             out.entry(alias.clone()).or_insert(card);
         }
     }
-    let mut seen = state.model_first_seen.lock().unwrap_or_else(|p| p.into_inner());
+    let mut seen = state
+        .model_first_seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     for (id, card) in out.iter_mut() {
         let created = *seen.entry(id.clone()).or_insert_with(now);
         card["created"] = json!(created);

@@ -11,8 +11,18 @@ use crate::app::AppState;
 
 fn summary(state: &AppState) -> serde_json::Value {
     let table = state.registry.table.load();
-    let healthy: Vec<&str> = table.backends.values().filter(|e| e.routable()).map(|e| e.handle.id.as_str()).collect();
-    let unhealthy: Vec<&str> = table.backends.values().filter(|e| !e.routable()).map(|e| e.handle.id.as_str()).collect();
+    let healthy: Vec<&str> = table
+        .backends
+        .values()
+        .filter(|e| e.routable())
+        .map(|e| e.handle.id.as_str())
+        .collect();
+    let unhealthy: Vec<&str> = table
+        .backends
+        .values()
+        .filter(|e| !e.routable())
+        .map(|e| e.handle.id.as_str())
+        .collect();
     json!({
         "servers": {"total": table.backends.len(), "healthy": healthy.len(), "healthy_ids": healthy, "unhealthy_ids": unhealthy},
         "models": table.by_model.len(),
@@ -42,7 +52,8 @@ pub fn readyz(state: &AppState) -> Response<Body> {
             v["status"] = json!("not_ready");
             v["reason"] = json!(r);
             let mut resp = json_response(StatusCode::SERVICE_UNAVAILABLE, &v);
-            resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(5));
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(5));
             resp
         }
         None => {

@@ -6,7 +6,10 @@ pub fn from_client(raw: Option<&http::HeaderValue>) -> String {
     raw.and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|s| !s.is_empty() && s.len() <= 128)
-        .filter(|s| s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
+        .filter(|s| {
+            s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        })
         .map(str::to_owned)
         .unwrap_or_else(generate)
 }

@@ -14,7 +14,11 @@ use super::{admin, cors, models, ops, request_id};
 use crate::app::AppState;
 use crate::proxy::{self, Endpoint};
 
-pub async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let rid = request_id::from_client(req.headers().get("x-request-id"));
     let span = tracing::info_span!(
         "request",
@@ -32,7 +36,9 @@ pub async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incomin
         if req.method() == Method::OPTIONS {
             return cors::preflight(&state.cfg, allow.clone());
         }
-        route(&state, req, &rid).await.unwrap_or_else(GatewayError::into_response)
+        route(&state, req, &rid)
+            .await
+            .unwrap_or_else(GatewayError::into_response)
     }
     .instrument(span.clone())
     .await;
@@ -44,16 +50,28 @@ pub async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incomin
     resp
 }
 
-async fn route(state: &Arc<AppState>, req: Request<Incoming>, rid: &str) -> Result<Response<Body>, GatewayError> {
+async fn route(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    rid: &str,
+) -> Result<Response<Body>, GatewayError> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    let user = || check_api_key(&state.cfg.api_keys, &state.cfg.admin_api_keys, req.headers());
+    let user = || {
+        check_api_key(
+            &state.cfg.api_keys,
+            &state.cfg.admin_api_keys,
+            req.headers(),
+        )
+    };
     let admin = || check_admin_key(&state.cfg.admin_api_keys, req.headers());
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => Ok(ops::healthz(state)),
         (&Method::GET, "/readyz") => Ok(ops::readyz(state)),
         (&Method::GET, "/v1/models") => user().map(|_| models::list(state)),
-        (&Method::GET, "/v1/models/discovery/stats") => user().map(|_| admin::discovery_stats(state)),
+        (&Method::GET, "/v1/models/discovery/stats") => {
+            user().map(|_| admin::discovery_stats(state))
+        }
         (&Method::POST, "/v1/models/discovery/refresh") => {
             admin()?;
             Ok(admin::discovery_refresh(state).await)
@@ -63,8 +81,12 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>, rid: &str) -> Resu
             admin()?;
             let rest = &p["/admin/backends/".len()..];
             match rest.rsplit_once('/') {
-                Some((id, "drain")) if !id.is_empty() => Ok(admin::set_drain(state, id, true).await),
-                Some((id, "undrain")) if !id.is_empty() => Ok(admin::set_drain(state, id, false).await),
+                Some((id, "drain")) if !id.is_empty() => {
+                    Ok(admin::set_drain(state, id, true).await)
+                }
+                Some((id, "undrain")) if !id.is_empty() => {
+                    Ok(admin::set_drain(state, id, false).await)
+                }
                 _ => Err(GatewayError::UnknownRoute),
             }
         }
@@ -79,7 +101,10 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>, rid: &str) -> Resu
             }
             None => Err(GatewayError::UnknownRoute),
         },
-        (_, p) if Endpoint::from_path(p).is_some() || matches!(p, "/healthz" | "/readyz" | "/v1/models") => {
+        (_, p)
+            if Endpoint::from_path(p).is_some()
+                || matches!(p, "/healthz" | "/readyz" | "/v1/models") =>
+        {
             Err(GatewayError::MethodNotAllowed)
         }
         _ => Err(GatewayError::UnknownRoute),

@@ -42,7 +42,11 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: Cancellati
             let st = st.clone();
             async move { Ok::<_, std::convert::Infallible>(super::router::handle(st, peer, req).await) }
         });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned());
+        let conn = graceful.watch(
+            builder
+                .serve_connection(TokioIo::new(stream), svc)
+                .into_owned(),
+        );
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 debug!(error = %e, "connection ended with an error");

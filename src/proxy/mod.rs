@@ -76,7 +76,10 @@ impl Endpoint {
     }
 
     pub fn can_stream(self) -> bool {
-        matches!(self, Endpoint::Chat | Endpoint::Completions | Endpoint::Responses)
+        matches!(
+            self,
+            Endpoint::Chat | Endpoint::Completions | Endpoint::Responses
+        )
     }
 
     /// Streams whose chunks are OpenAI chat/completion chunks (usage chunk, tool repair).
@@ -105,7 +108,9 @@ impl AttemptError {
 
     fn into_response(self) -> Response<Body> {
         match self {
-            AttemptError::Connect | AttemptError::Reset => GatewayError::UpstreamFailed.into_response(),
+            AttemptError::Connect | AttemptError::Reset => {
+                GatewayError::UpstreamFailed.into_response()
+            }
             AttemptError::Timeout => GatewayError::UpstreamTimeout.into_response(),
             AttemptError::Unavailable(s, b) => upstream_error_response(s, &b),
             AttemptError::ModelMissing(b) => upstream_error_response(StatusCode::NOT_FOUND, &b),
@@ -116,7 +121,8 @@ impl AttemptError {
 fn upstream_error_response(status: StatusCode, body: &[u8]) -> Response<Body> {
     let mut resp = json_response(status, &normalize_upstream_error(status, body));
     if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(5));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(5));
     }
     resp
 }
@@ -141,21 +147,39 @@ struct Started {
 
 enum Payload {
     /// A stream whose first chunk was read (it proves the stream is alive).
-    Stream { resp: reqwest::Response, first: Bytes },
+    Stream {
+        resp: reqwest::Response,
+        first: Bytes,
+    },
     /// Body not read yet.
     Pending(reqwest::Response),
     /// Body already read (error answers).
     Read(Bytes),
 }
 
-pub async fn forward(state: Arc<AppState>, ep: Endpoint, req: Request<Incoming>, rid: String) -> Result<Response<Body>, GatewayError> {
+pub async fn forward(
+    state: Arc<AppState>,
+    ep: Endpoint,
+    req: Request<Incoming>,
+    rid: String,
+) -> Result<Response<Body>, GatewayError> {
     if state.draining.load(std::sync::atomic::Ordering::Acquire) {
         return Err(GatewayError::ShuttingDown);
     }
-    let permit = state.concurrency.clone().try_acquire_owned().map_err(|_| GatewayError::Overloaded)?;
+    let permit = state
+        .concurrency
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| GatewayError::Overloaded)?;
     let active = state.retry.enter();
     let (parts, body) = req.into_parts();
-    let raw = prepare::read_body(body, &parts.headers, state.cfg.max_body_bytes, state.cfg.body_read_timeout).await?;
+    let raw = prepare::read_body(
+        body,
+        &parts.headers,
+        state.cfg.max_body_bytes,
+        state.cfg.body_read_timeout,
+    )
+    .await?;
     let p = prepare::prepare(ep, raw, &state.cfg.model_aliases)?;
     let span = tracing::Span::current();
     span.record("model", p.model.as_str());
@@ -163,7 +187,11 @@ pub async fn forward(state: Arc<AppState>, ep: Endpoint, req: Request<Incoming>,
     if !state.registry.table.load().knows_model(&p.served) {
         return Err(GatewayError::ModelNotFound(p.model));
     }
-    let headers = prepare::upstream_headers(&parts.headers, &rid, state.cfg.vllm_api_key.as_ref().map(|s| s.expose()));
+    let headers = prepare::upstream_headers(
+        &parts.headers,
+        &rid,
+        state.cfg.vllm_api_key.as_ref().map(|s| s.expose()),
+    );
     let started = match attempts(&state, ep, &p, &headers).await {
         Ok(s) => s,
         Err(Ok(resp)) => return Ok(resp),
@@ -172,7 +200,9 @@ pub async fn forward(state: Arc<AppState>, ep: Endpoint, req: Request<Incoming>,
     span.record("backend", started.guard.backend().id.as_str());
     let repair = if ep == Endpoint::Chat {
         let family = state.cfg.tool_call_formats.family_for(&p.served);
-        (family != Family::None).then(|| RequestTools::from_request(&p.json).map(|t| (family, t))).flatten()
+        (family != Family::None)
+            .then(|| RequestTools::from_request(&p.json).map(|t| (family, t)))
+            .flatten()
     } else {
         None
     };
@@ -180,8 +210,15 @@ pub async fn forward(state: Arc<AppState>, ep: Endpoint, req: Request<Incoming>,
     let resp = match started.payload {
         Payload::Stream { resp, first } => {
             let guards = (started.guard, permit, active);
-            let relay = pump::Relay { ep, rid, client_wants_usage: p.client_wants_usage, repair };
-            return Ok(pump::start_stream(&state, relay, resp, first, &started.headers, guards).await);
+            let relay = pump::Relay {
+                ep,
+                rid,
+                client_wants_usage: p.client_wants_usage,
+                repair,
+            };
+            return Ok(
+                pump::start_stream(&state, relay, resp, first, &started.headers, guards).await,
+            );
         }
         Payload::Read(body) => {
             backend.record_outcome(started.status.is_server_error());
@@ -191,7 +228,9 @@ pub async fn forward(state: Arc<AppState>, ep: Endpoint, req: Request<Incoming>,
     };
     if !started.status.is_success() {
         backend.record_outcome(started.status.is_server_error());
-        let body = read_all(resp, state.cfg.request_timeout).await.unwrap_or_default();
+        let body = read_all(resp, state.cfg.request_timeout)
+            .await
+            .unwrap_or_default();
         return Ok(upstream_error_response(started.status, &body));
     }
     let body = match read_all(resp, state.cfg.request_timeout).await {
@@ -208,15 +247,27 @@ pub async fn forward(state: Arc<AppState>, ep: Endpoint, req: Request<Incoming>,
     };
     let mut resp = Response::new(full(body));
     *resp.status_mut() = started.status;
-    let ct = started.headers.get(header::CONTENT_TYPE).cloned().unwrap_or(HeaderValue::from_static("application/json"));
+    let ct = started
+        .headers
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("application/json"));
     resp.headers_mut().insert(header::CONTENT_TYPE, ct);
     drop((started.guard, permit));
     Ok(resp)
 }
 
 fn repair_body(state: &AppState, body: Bytes, family: Family, tools: &RequestTools) -> Bytes {
-    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&body) else { return body };
-    toolcall::repair_response(&mut v, family, tools, &state.cfg.tool_call_options, &state.toolcalls);
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return body;
+    };
+    toolcall::repair_response(
+        &mut v,
+        family,
+        tools,
+        &state.cfg.tool_call_options,
+        &state.toolcalls,
+    );
     serde_json::to_vec(&v).map(Bytes::from).unwrap_or(body)
 }
 
@@ -233,12 +284,19 @@ async fn read_all(resp: reqwest::Response, timeout: Duration) -> Result<Bytes, A
         }
         Ok(Bytes::from(buf))
     };
-    tokio::time::timeout(timeout, collect).await.map_err(|_| AttemptError::Timeout)?
+    tokio::time::timeout(timeout, collect)
+        .await
+        .map_err(|_| AttemptError::Timeout)?
 }
 
 /// Try servers until one starts a usable response. `Err(Ok(resp))` is a final upstream
 /// answer to relay as is; `Err(Err(e))` a gateway error.
-async fn attempts(state: &AppState, ep: Endpoint, p: &prepare::Prepared, headers: &HeaderMap) -> Result<Started, Result<Response<Body>, GatewayError>> {
+async fn attempts(
+    state: &AppState,
+    ep: Endpoint,
+    p: &prepare::Prepared,
+    headers: &HeaderMap,
+) -> Result<Started, Result<Response<Body>, GatewayError>> {
     let mut exclude: Vec<BackendId> = Vec::new();
     let mut last: Option<AttemptError> = None;
     let mut _retry_slot = None;
@@ -248,8 +306,12 @@ async fn attempts(state: &AppState, ep: Endpoint, p: &prepare::Prepared, headers
             Err(e) => {
                 return Err(match (last, e) {
                     (Some(prev), _) => Ok(prev.into_response()),
-                    (None, PickError::UnknownModel) => Err(GatewayError::ModelNotFound(p.model.clone())),
-                    (None, PickError::NoHealthy) => Err(GatewayError::NoHealthyBackend(p.model.clone())),
+                    (None, PickError::UnknownModel) => {
+                        Err(GatewayError::ModelNotFound(p.model.clone()))
+                    }
+                    (None, PickError::NoHealthy) => {
+                        Err(GatewayError::NoHealthyBackend(p.model.clone()))
+                    }
                     (None, PickError::AtCapacity) => Err(GatewayError::AtCapacity(p.model.clone())),
                 });
             }
@@ -279,7 +341,9 @@ async fn attempts(state: &AppState, ep: Endpoint, p: &prepare::Prepared, headers
         let jitter = rand::rng().random_range(25..=250);
         tokio::time::sleep(Duration::from_millis(jitter)).await;
     }
-    Err(Ok(last.map(AttemptError::into_response).unwrap_or_else(|| GatewayError::UpstreamFailed.into_response())))
+    Err(Ok(last.map(AttemptError::into_response).unwrap_or_else(
+        || GatewayError::UpstreamFailed.into_response(),
+    )))
 }
 
 fn short(e: &AttemptError) -> String {
@@ -290,16 +354,34 @@ fn short(e: &AttemptError) -> String {
     }
 }
 
-async fn try_once(state: &AppState, ep: Endpoint, p: &prepare::Prepared, headers: &HeaderMap, guard: InFlightGuard) -> Result<Started, AttemptError> {
+async fn try_once(
+    state: &AppState,
+    ep: Endpoint,
+    p: &prepare::Prepared,
+    headers: &HeaderMap,
+    guard: InFlightGuard,
+) -> Result<Started, AttemptError> {
     let url = format!("{}{}", guard.backend().base_url, ep.path());
-    let deadline = if p.stream { state.cfg.first_byte_timeout } else { state.cfg.request_timeout };
-    let send = state.client.post(url).headers(headers.clone()).body(p.body.clone()).send();
+    let deadline = if p.stream {
+        state.cfg.first_byte_timeout
+    } else {
+        state.cfg.request_timeout
+    };
+    let send = state
+        .client
+        .post(url)
+        .headers(headers.clone())
+        .body(p.body.clone())
+        .send();
     let start = async {
         let mut resp = send.await.map_err(|e| classify(&e))?;
         let status = resp.status();
         let headers = resp.headers().clone();
         if matches!(status.as_u16(), 502..=504) {
-            return Err(AttemptError::Unavailable(status, resp.bytes().await.unwrap_or_default()));
+            return Err(AttemptError::Unavailable(
+                status,
+                resp.bytes().await.unwrap_or_default(),
+            ));
         }
         if status == StatusCode::NOT_FOUND {
             let body = resp.bytes().await.unwrap_or_default();
@@ -322,6 +404,11 @@ async fn try_once(state: &AppState, ep: Endpoint, p: &prepare::Prepared, headers
     match tokio::time::timeout(deadline, start).await {
         Err(_) => Err(AttemptError::Timeout),
         Ok(Err(e)) => Err(e),
-        Ok(Ok((status, headers, payload))) => Ok(Started { guard, status, headers, payload }),
+        Ok(Ok((status, headers, payload))) => Ok(Started {
+            guard,
+            status,
+            headers,
+            payload,
+        }),
     }
 }

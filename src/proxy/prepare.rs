@@ -14,9 +14,21 @@ use crate::http::error::GatewayError;
 
 /// Request headers passed to the vLLM server; everything else (the client's Authorization,
 /// cookies, hop-by-hop headers) stays here.
-const FORWARDED: &[&str] = &["content-type", "accept", "user-agent", "traceparent", "tracestate", "baggage"];
+const FORWARDED: &[&str] = &[
+    "content-type",
+    "accept",
+    "user-agent",
+    "traceparent",
+    "tracestate",
+    "baggage",
+];
 
-pub async fn read_body(body: Incoming, headers: &HeaderMap, max: usize, timeout: Duration) -> Result<Bytes, GatewayError> {
+pub async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    max: usize,
+    timeout: Duration,
+) -> Result<Bytes, GatewayError> {
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -27,8 +39,13 @@ pub async fn read_body(body: Incoming, headers: &HeaderMap, max: usize, timeout:
     match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
         Err(_) => Err(GatewayError::BodyTimeout),
         Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::BodyTooLarge(max)),
-        Ok(Err(_)) => Err(GatewayError::InvalidRequest { message: "The request body could not be read.".into(), param: None }),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(GatewayError::BodyTooLarge(max))
+        }
+        Ok(Err(_)) => Err(GatewayError::InvalidRequest {
+            message: "The request body could not be read.".into(),
+            param: None,
+        }),
     }
 }
 
@@ -45,20 +62,39 @@ pub struct Prepared {
     pub body: Bytes,
 }
 
-pub fn prepare(ep: Endpoint, raw: Bytes, aliases: &std::collections::BTreeMap<String, String>) -> Result<Prepared, GatewayError> {
-    let mut json: Value = serde_json::from_slice(&raw).map_err(|e| GatewayError::InvalidJson(short_json_error(&e)))?;
+pub fn prepare(
+    ep: Endpoint,
+    raw: Bytes,
+    aliases: &std::collections::BTreeMap<String, String>,
+) -> Result<Prepared, GatewayError> {
+    let mut json: Value = serde_json::from_slice(&raw)
+        .map_err(|e| GatewayError::InvalidJson(short_json_error(&e)))?;
     let Some(obj) = json.as_object_mut() else {
-        return Err(GatewayError::InvalidRequest { message: "The request body must be a JSON object.".into(), param: None });
+        return Err(GatewayError::InvalidRequest {
+            message: "The request body must be a JSON object.".into(),
+            param: None,
+        });
     };
     let model = match obj.get("model") {
         Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
-        _ => return Err(GatewayError::InvalidRequest { message: "You must provide a model parameter.".into(), param: Some("model") }),
+        _ => {
+            return Err(GatewayError::InvalidRequest {
+                message: "You must provide a model parameter.".into(),
+                param: Some("model"),
+            })
+        }
     };
     if ep == Endpoint::Chat && !obj.get("messages").is_some_and(Value::is_array) {
-        return Err(GatewayError::InvalidRequest { message: "'messages' must be a list of messages.".into(), param: Some("messages") });
+        return Err(GatewayError::InvalidRequest {
+            message: "'messages' must be a list of messages.".into(),
+            param: Some("messages"),
+        });
     }
     let stream = ep.can_stream() && obj.get("stream") == Some(&Value::Bool(true));
-    let served = aliases.get(&model).cloned().unwrap_or_else(|| model.clone());
+    let served = aliases
+        .get(&model)
+        .cloned()
+        .unwrap_or_else(|| model.clone());
     let mut modified = false;
     if served != model {
         obj.insert("model".into(), Value::String(served.clone()));
@@ -81,7 +117,14 @@ pub fn prepare(ep: Endpoint, raw: Bytes, aliases: &std::collections::BTreeMap<St
     } else {
         raw
     };
-    Ok(Prepared { model, served, stream, client_wants_usage, json, body })
+    Ok(Prepared {
+        model,
+        served,
+        stream,
+        client_wants_usage,
+        json,
+        body,
+    })
 }
 
 fn short_json_error(e: &serde_json::Error) -> String {
@@ -96,7 +139,10 @@ pub fn upstream_headers(client: &HeaderMap, request_id: &str, api_key: Option<&s
             out.insert(HeaderName::from_static(name), v.clone());
         }
     }
-    out.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    out.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Ok(v) = HeaderValue::from_str(request_id) {
         out.insert(HeaderName::from_static("x-request-id"), v);
     }
@@ -114,7 +160,14 @@ mod tests {
     #[test]
     fn usage_is_injected_for_streams_only_and_remembered() {
         let none = BTreeMap::new();
-        let p = prepare(Endpoint::Chat, Bytes::from_static(br#"{"model":"m","messages":[],"stream":true,"seed":18446744073709551615}"#), &none).expect("valid");
+        let p = prepare(
+            Endpoint::Chat,
+            Bytes::from_static(
+                br#"{"model":"m","messages":[],"stream":true,"seed":18446744073709551615}"#,
+            ),
+            &none,
+        )
+        .expect("valid");
         assert!(p.stream && !p.client_wants_usage);
         let sent: Value = serde_json::from_slice(&p.body).expect("json");
         assert_eq!(sent["stream_options"]["include_usage"], true);
@@ -129,11 +182,32 @@ mod tests {
     #[test]
     fn aliases_and_errors() {
         let aliases: BTreeMap<String, String> = [("pub".to_string(), "served".to_string())].into();
-        let p = prepare(Endpoint::Completions, Bytes::from_static(br#"{"model":"pub","prompt":"x"}"#), &aliases).expect("valid");
+        let p = prepare(
+            Endpoint::Completions,
+            Bytes::from_static(br#"{"model":"pub","prompt":"x"}"#),
+            &aliases,
+        )
+        .expect("valid");
         assert_eq!(p.served, "served");
-        assert!(matches!(prepare(Endpoint::Chat, Bytes::from_static(b"{nope"), &aliases), Err(GatewayError::InvalidJson(_))));
-        assert!(matches!(prepare(Endpoint::Chat, Bytes::from_static(b"[1]"), &aliases), Err(GatewayError::InvalidRequest { .. })));
-        assert!(matches!(prepare(Endpoint::Chat, Bytes::from_static(br#"{"model":"m"}"#), &aliases), Err(GatewayError::InvalidRequest { param: Some("messages"), .. })));
+        assert!(matches!(
+            prepare(Endpoint::Chat, Bytes::from_static(b"{nope"), &aliases),
+            Err(GatewayError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            prepare(Endpoint::Chat, Bytes::from_static(b"[1]"), &aliases),
+            Err(GatewayError::InvalidRequest { .. })
+        ));
+        assert!(matches!(
+            prepare(
+                Endpoint::Chat,
+                Bytes::from_static(br#"{"model":"m"}"#),
+                &aliases
+            ),
+            Err(GatewayError::InvalidRequest {
+                param: Some("messages"),
+                ..
+            })
+        ));
         let deep = "[".repeat(10_000);
         assert!(prepare(Endpoint::Chat, Bytes::from(deep), &aliases).is_err());
     }
@@ -146,8 +220,14 @@ mod tests {
         h.insert("user-agent", HeaderValue::from_static("ua"));
         let out = upstream_headers(&h, "rid", None);
         assert!(out.get("authorization").is_none() && out.get("cookie").is_none());
-        assert_eq!(out.get("user-agent").map(|v| v.as_bytes()), Some(&b"ua"[..]));
+        assert_eq!(
+            out.get("user-agent").map(|v| v.as_bytes()),
+            Some(&b"ua"[..])
+        );
         let out = upstream_headers(&h, "rid", Some("vk"));
-        assert_eq!(out.get("authorization").map(|v| v.as_bytes()), Some(&b"Bearer vk"[..]));
+        assert_eq!(
+            out.get("authorization").map(|v| v.as_bytes()),
+            Some(&b"Bearer vk"[..])
+        );
     }
 }

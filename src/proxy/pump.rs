@@ -39,15 +39,39 @@ pub struct Relay {
 
 type Guards = (InFlightGuard, OwnedSemaphorePermit, ActiveGuard);
 
-pub async fn start_stream(state: &Arc<AppState>, relay: Relay, resp: reqwest::Response, first: Bytes, up_headers: &HeaderMap, guards: Guards) -> Response<Body> {
+pub async fn start_stream(
+    state: &Arc<AppState>,
+    relay: Relay,
+    resp: reqwest::Response,
+    first: Bytes,
+    up_headers: &HeaderMap,
+    guards: Guards,
+) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_FRAMES);
     let backend = guards.0.backend().clone();
-    let upstream = Box::pin(futures_util::stream::once(async move { Ok::<Bytes, reqwest::Error>(first) }).chain(resp.bytes_stream()));
+    let upstream = Box::pin(
+        futures_util::stream::once(async move { Ok::<Bytes, reqwest::Error>(first) })
+            .chain(resp.bytes_stream()),
+    );
     let idle = state.cfg.stream_idle_timeout;
-    let repair = relay.repair.map(|(family, tools)| StreamRepair::new(family, tools, state.cfg.tool_call_options, state.toolcalls.clone()));
+    let repair = relay.repair.map(|(family, tools)| {
+        StreamRepair::new(
+            family,
+            tools,
+            state.cfg.tool_call_options,
+            state.toolcalls.clone(),
+        )
+    });
     let span = tracing::Span::current();
     let rid = relay.rid.clone();
-    let pump = Pump { tx, backend, idle, client_wants_usage: relay.client_wants_usage, repair, chunks: 0 };
+    let pump = Pump {
+        tx,
+        backend,
+        idle,
+        client_wants_usage: relay.client_wants_usage,
+        repair,
+        chunks: 0,
+    };
     let sse = relay.ep.reports_usage();
     let job = StreamJob {
         request_id: rid,
@@ -56,7 +80,11 @@ pub async fn start_stream(state: &Arc<AppState>, relay: Relay, resp: reqwest::Re
                 async move {
                     let events = ctx.events.clone();
                     let _ = events.cast(StreamMsg::Pump(PumpEvent::FirstByte));
-                    let (outcome, chunks) = if sse { pump.run_sse(upstream, &ctx).await } else { pump.run_raw(upstream, &ctx).await };
+                    let (outcome, chunks) = if sse {
+                        pump.run_sse(upstream, &ctx).await
+                    } else {
+                        pump.run_raw(upstream, &ctx).await
+                    };
                     let _ = events.cast(StreamMsg::Pump(PumpEvent::Finished { outcome, chunks }));
                 }
                 .instrument(span),
@@ -67,12 +95,15 @@ pub async fn start_stream(state: &Arc<AppState>, relay: Relay, resp: reqwest::Re
         warn!(error = %e, "could not start a stream actor");
         return GatewayError::Internal.into_response();
     }
-    let mut resp = Response::new(ChannelBody::new(rx, guards));
+    let mut resp = Response::new(ChannelBody::boxed_body(rx, guards));
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        up_headers.get(header::CONTENT_TYPE).cloned().unwrap_or(HeaderValue::from_static("text/event-stream; charset=utf-8")),
+        up_headers
+            .get(header::CONTENT_TYPE)
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("text/event-stream; charset=utf-8")),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
@@ -115,10 +146,17 @@ fn usage_of(data: &str) -> Option<(u64, u64)> {
     }
     let v: serde_json::Value = serde_json::from_str(data).ok()?;
     let usage = v.get("usage").filter(|u| u.is_object())?;
-    if !v.get("choices").and_then(|c| c.as_array()).is_some_and(|c| c.is_empty()) {
+    if !v
+        .get("choices")
+        .and_then(|c| c.as_array())
+        .is_some_and(|c| c.is_empty())
+    {
         return None;
     }
-    Some((usage["prompt_tokens"].as_u64().unwrap_or(0), usage["completion_tokens"].as_u64().unwrap_or(0)))
+    Some((
+        usage["prompt_tokens"].as_u64().unwrap_or(0),
+        usage["completion_tokens"].as_u64().unwrap_or(0),
+    ))
 }
 
 impl Pump {
@@ -153,7 +191,10 @@ impl Pump {
     /// Forward one upstream payload after usage filtering.
     async fn emit(&mut self, data: &str, ctx: &PumpCtx) -> bool {
         if let Some((p, c)) = usage_of(data) {
-            let _ = ctx.events.cast(StreamMsg::Pump(PumpEvent::Usage { prompt_tokens: p, completion_tokens: c }));
+            let _ = ctx.events.cast(StreamMsg::Pump(PumpEvent::Usage {
+                prompt_tokens: p,
+                completion_tokens: c,
+            }));
             if !self.client_wants_usage {
                 return true;
             }
@@ -194,13 +235,19 @@ impl Pump {
                         }
                     };
                     if !ok {
-                        break if ctx.cancel.is_cancelled() { self.fail(GatewayError::Internal, ctx).await } else { "client_gone" };
+                        break if ctx.cancel.is_cancelled() {
+                            self.fail(GatewayError::Internal, ctx).await
+                        } else {
+                            "client_gone"
+                        };
                     }
                 }
                 Step::End => {
                     self.flush_repair(ctx).await;
                     self.backend.record_outcome(true);
-                    break self.fail_with("upstream_closed", GatewayError::UpstreamFailed).await;
+                    break self
+                        .fail_with("upstream_closed", GatewayError::UpstreamFailed)
+                        .await;
                 }
                 Step::Failed(e, why) => {
                     self.flush_repair(ctx).await;
@@ -222,7 +269,11 @@ impl Pump {
             match self.next(&mut upstream, ctx).await {
                 Step::Item(b) => {
                     if !self.send(b, ctx).await {
-                        break if ctx.cancel.is_cancelled() { self.fail(GatewayError::Internal, ctx).await } else { "client_gone" };
+                        break if ctx.cancel.is_cancelled() {
+                            self.fail(GatewayError::Internal, ctx).await
+                        } else {
+                            "client_gone"
+                        };
                     }
                 }
                 Step::End => {
@@ -269,9 +320,20 @@ mod tests {
 
     #[test]
     fn usage_chunk_detection() {
-        assert_eq!(usage_of(r#"{"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#), Some((3, 4)));
-        assert_eq!(usage_of(r#"{"id":"x","choices":[{"index":0}],"usage":{"prompt_tokens":3}}"#), None);
-        assert_eq!(usage_of(r#"{"id":"x","choices":[{"delta":{"content":"usage"}}]}"#), None);
+        assert_eq!(
+            usage_of(
+                r#"{"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#
+            ),
+            Some((3, 4))
+        );
+        assert_eq!(
+            usage_of(r#"{"id":"x","choices":[{"index":0}],"usage":{"prompt_tokens":3}}"#),
+            None
+        );
+        assert_eq!(
+            usage_of(r#"{"id":"x","choices":[{"delta":{"content":"usage"}}]}"#),
+            None
+        );
     }
 
     #[test]

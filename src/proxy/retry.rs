@@ -41,7 +41,11 @@ impl Drop for RetryGuard {
 
 impl RetryBudget {
     pub fn new(ratio: f64, floor: usize) -> Self {
-        Self { inner: Arc::default(), ratio, floor }
+        Self {
+            inner: Arc::default(),
+            ratio,
+            floor,
+        }
     }
 
     pub fn enter(&self) -> ActiveGuard {
@@ -59,7 +63,12 @@ impl RetryBudget {
                 self.inner.denied.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
-            match self.inner.retrying.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
+            match self.inner.retrying.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => {
                     self.inner.total.fetch_add(1, Ordering::Relaxed);
                     return Some(RetryGuard(self.inner.clone()));

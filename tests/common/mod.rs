@@ -20,7 +20,11 @@ pub async fn sim(models: &[&str]) -> SimHandle {
 
 pub async fn sim_with(models: &[&str], f: impl FnOnce(&mut SimConfig)) -> SimHandle {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sim");
-    let mut cfg = SimConfig { models: models.iter().map(|m| m.to_string()).collect(), completion_tokens: 8, ..SimConfig::default() };
+    let mut cfg = SimConfig {
+        models: models.iter().map(|m| m.to_string()).collect(),
+        completion_tokens: 8,
+        ..SimConfig::default()
+    };
     f(&mut cfg);
     sim::start(listener, cfg).await.expect("start sim")
 }
@@ -45,7 +49,10 @@ pub fn base_vars() -> Vec<(&'static str, String)> {
 }
 
 pub async fn gateway(extra: &[(&str, String)]) -> App {
-    let mut vars: HashMap<String, String> = base_vars().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let mut vars: HashMap<String, String> = base_vars()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     for (k, v) in extra {
         vars.insert(k.to_string(), v.clone());
     }
@@ -53,18 +60,30 @@ pub async fn gateway(extra: &[(&str, String)]) -> App {
         llmmux::telemetry::init("info", llmmux::config::LogFormat::Text);
     }
     let env = move |k: &str| vars.get(k).cloned();
-    let cfg = Config::load(&Sources { env: &env, file: None }).expect("valid test config");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
+    let cfg = Config::load(&Sources {
+        env: &env,
+        file: None,
+    })
+    .expect("valid test config");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind gateway");
     App::start(cfg, listener).await.expect("start gateway")
 }
 
 /// `VLLM_SERVERS` value for some sims.
 pub fn servers(sims: &[&SimHandle]) -> String {
-    sims.iter().map(|s| s.addr().to_string()).collect::<Vec<_>>().join(",")
+    sims.iter()
+        .map(|s| s.addr().to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client")
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
 }
 
 pub fn url(app: &App, path: &str) -> String {
@@ -76,7 +95,13 @@ pub fn chat(model: &str, stream: bool) -> serde_json::Value {
 }
 
 pub async fn post(app: &App, path: &str, body: &serde_json::Value) -> reqwest::Response {
-    client().post(url(app, path)).bearer_auth(KEY).json(body).send().await.expect("request sent")
+    client()
+        .post(url(app, path))
+        .bearer_auth(KEY)
+        .json(body)
+        .send()
+        .await
+        .expect("request sent")
 }
 
 /// Poll `cond` until it holds or `within` passes.
@@ -103,14 +128,21 @@ pub async fn all_healthy(app: &App) {
         .state
         .registry
         .table
-        .wait_for(Duration::from_secs(10), |t| t.backends.values().all(|e| e.health == llmmux_actors::table::HealthState::Healthy))
+        .wait_for(Duration::from_secs(10), |t| {
+            t.backends
+                .values()
+                .all(|e| e.health == llmmux_actors::table::HealthState::Healthy)
+        })
         .await;
     assert!(ok, "servers did not become healthy");
 }
 
 /// SSE `data:` payloads of a finished stream body.
 pub fn sse_data(body: &str) -> Vec<String> {
-    body.split("\n\n").filter_map(|ev| ev.strip_prefix("data: ")).map(str::to_owned).collect()
+    body.split("\n\n")
+        .filter_map(|ev| ev.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Concatenated `delta.content` of a chat stream.
@@ -118,6 +150,10 @@ pub fn stream_text(events: &[String]) -> String {
     events
         .iter()
         .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect()
 }
