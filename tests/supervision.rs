@@ -75,9 +75,13 @@ async fn crash_under_traffic(kind: ActorKind, key: &str, route_via: &str) {
     all_healthy(&app).await;
     let (stop, task) = traffic(&app, "m");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    for _ in 0..3 {
+    for i in 0..3u64 {
         assert!(app.state.faults.crash(kind).await, "{kind:?} was running");
         let restarted = eventually(Duration::from_secs(5), || async {
+            restarts(&app, key).0 == i + 1
+        });
+        assert!(restarted.await, "{kind:?} restarted");
+        let running = eventually(Duration::from_secs(5), || async {
             app.state
                 .supervision
                 .lock()
@@ -86,7 +90,7 @@ async fn crash_under_traffic(kind: ActorKind, key: &str, route_via: &str) {
                 .filter(|c| c.key.starts_with(key))
                 .all(|c| c.running)
         });
-        assert!(restarted.await, "{kind:?} restarted");
+        assert!(running.await, "{kind:?} running again");
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     stop.store(true, Ordering::Relaxed);
