@@ -125,7 +125,7 @@ async fn server_503_and_resets_before_headers_are_retried_elsewhere() {
         Fault::CloseBeforeHeaders,
         Fault::ModelNotFound,
     ] {
-        a.set_fault(fault.clone());
+        a.set_fault(fault);
         for stream in [false, true] {
             for _ in 0..4 {
                 let r = post(&app, "/v1/chat/completions", &chat("m", stream)).await;

@@ -58,7 +58,7 @@ pub async fn start_stream(
         StreamRepair::new(
             family,
             tools,
-            state.cfg.tool_call_options,
+            state.cfg.tool_call_options.clone(),
             state.toolcalls.clone(),
         )
     });
