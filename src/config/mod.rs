@@ -105,7 +105,9 @@ impl ValidatedConfig {
     }
 
     pub fn has_backends(&self) -> bool {
-        !self.backends.is_empty() || !self.vllm_servers.is_empty()
+        !self.backends.is_empty()
+            || !self.vllm_servers.is_empty()
+            || !self.server_options.is_empty()
     }
 
     /// The effective configuration, secrets masked, one `NAME=value` per line.
