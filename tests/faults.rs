@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 async fn server_killed_mid_stream_ends_with_error_event_and_no_retry() {
     let a = sim(&["m"]).await;
     let b = sim(&["m"]).await;
-    let app = gateway(&[("BACKENDS", format!("m:{},m:{}", a.addr(), b.addr()))]).await;
+    let app = gateway(&[("BACKENDS", backends("m", &[&a, &b]))]).await;
     a.set_fault(Fault::ResetAfter(3));
     b.set_fault(Fault::ResetAfter(3));
     let started = Instant::now();
@@ -46,7 +46,7 @@ async fn server_killed_mid_stream_ends_with_error_event_and_no_retry() {
 #[tokio::test]
 async fn stalled_stream_gets_error_after_idle_timeout_and_upstream_is_dropped() {
     let a = sim(&["m"]).await;
-    let app = gateway(&[("BACKENDS", format!("m:{}", a.addr()))]).await;
+    let app = gateway(&[("BACKENDS", backends("m", &[&a]))]).await;
     a.set_fault(Fault::StallAfter(2));
     let started = Instant::now();
     let body = post(&app, "/v1/chat/completions", &chat("m", true))
@@ -73,7 +73,7 @@ async fn stalled_stream_gets_error_after_idle_timeout_and_upstream_is_dropped() 
 async fn hanging_server_is_retried_on_a_replica_before_first_byte() {
     let a = sim(&["m"]).await;
     let b = sim(&["m"]).await;
-    let app = gateway(&[("BACKENDS", format!("m:{},m:{}", a.addr(), b.addr()))]).await;
+    let app = gateway(&[("BACKENDS", backends("m", &[&a, &b]))]).await;
     a.set_fault(Fault::Hang);
     for stream in [true, false] {
         for _ in 0..4 {
@@ -91,7 +91,7 @@ async fn hanging_server_is_retried_on_a_replica_before_first_byte() {
 async fn sole_hanging_server_times_out_with_504() {
     let a = sim(&["m"]).await;
     let app = gateway(&[
-        ("BACKENDS", format!("m:{}", a.addr())),
+        ("BACKENDS", backends("m", &[&a])),
         ("REQUEST_TIMEOUT", "1000".into()),
     ])
     .await;
@@ -116,7 +116,7 @@ async fn server_503_and_resets_before_headers_are_retried_elsewhere() {
     let a = sim(&["m"]).await;
     let b = sim(&["m"]).await;
     let app = gateway(&[
-        ("BACKENDS", format!("m:{},m:{}", a.addr(), b.addr())),
+        ("BACKENDS", backends("m", &[&a, &b])),
         ("FAILURE_THRESHOLD", "1000".into()),
     ])
     .await;
@@ -156,7 +156,7 @@ async fn all_servers_failing_returns_their_error_without_retry_storm() {
     let a = sim(&["m"]).await;
     let b = sim(&["m"]).await;
     let app = gateway(&[
-        ("BACKENDS", format!("m:{},m:{}", a.addr(), b.addr())),
+        ("BACKENDS", backends("m", &[&a, &b])),
         ("FAILURE_THRESHOLD", "1000".into()),
     ])
     .await;
@@ -183,7 +183,7 @@ async fn passive_ejection_then_readmission_but_never_the_last_server() {
     let a = sim(&["m"]).await;
     let b = sim(&["m"]).await;
     let app = gateway(&[
-        ("BACKENDS", format!("m:{},m:{}", a.addr(), b.addr())),
+        ("BACKENDS", backends("m", &[&a, &b])),
         ("HEALTH_CHECK_INTERVAL", "100".into()),
     ])
     .await;
@@ -223,7 +223,7 @@ async fn passive_ejection_then_readmission_but_never_the_last_server() {
     // The sole server of a model is never ejected for request-level errors.
     let solo = sim(&["solo"]).await;
     let app2 = gateway(&[
-        ("BACKENDS", format!("solo:{}", solo.addr())),
+        ("BACKENDS", backends("solo", &[&solo])),
         ("FAILURE_THRESHOLD", "2".into()),
     ])
     .await;
@@ -254,7 +254,7 @@ async fn passive_ejection_then_readmission_but_never_the_last_server() {
 async fn killed_server_is_taken_out_and_traffic_continues() {
     let a = sim(&["m"]).await;
     let b = sim(&["m"]).await;
-    let app = gateway(&[("BACKENDS", format!("m:{},m:{}", a.addr(), b.addr()))]).await;
+    let app = gateway(&[("BACKENDS", backends("m", &[&a, &b]))]).await;
     all_healthy(&app).await;
     a.shutdown();
     for _ in 0..20 {
@@ -284,7 +284,7 @@ async fn client_disconnect_cancels_upstream_stream_nonstream_and_before_first_to
     })
     .await;
     let app = gateway(&[
-        ("BACKENDS", format!("m:{}", a.addr())),
+        ("BACKENDS", backends("m", &[&a])),
         ("REQUEST_TIMEOUT", "30000".into()),
         ("FIRST_BYTE_TIMEOUT", "30000".into()),
     ])
@@ -449,7 +449,7 @@ async fn static_backends_are_the_fallback_when_discovery_never_works() {
     let a = sim(&["m"]).await;
     let app = gateway(&[
         ("VLLM_SERVERS", servers(&[&a])),
-        ("BACKENDS", format!("static-only:{}", a.addr())),
+        ("BACKENDS", backends("static-only", &[&a])),
     ])
     .await;
     assert!(app.state.registry.table.load().knows_model("static-only"));
@@ -471,7 +471,7 @@ async fn graceful_shutdown_lets_streams_finish_and_flips_readiness() {
         c.completion_tokens = 10;
     })
     .await;
-    let app = gateway(&[("BACKENDS", format!("m:{}", a.addr()))]).await;
+    let app = gateway(&[("BACKENDS", backends("m", &[&a]))]).await;
     let resp = post(&app, "/v1/chat/completions", &chat("m", true)).await;
     let state = app.state.clone();
     let shutdown = tokio::spawn(app.shutdown());

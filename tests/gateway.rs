@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 #[tokio::test]
 async fn chat_non_stream_and_stream_pass_through_with_request_id() {
     let s = sim(&["m"]).await;
-    let app = gateway(&[("BACKENDS", format!("m:{}", s.addr()))]).await;
+    let app = gateway(&[("BACKENDS", backends("m", &[&s]))]).await;
     let resp = client()
         .post(url(&app, "/v1/chat/completions"))
         .bearer_auth(KEY)
@@ -68,7 +68,7 @@ async fn chat_non_stream_and_stream_pass_through_with_request_id() {
 #[tokio::test]
 async fn usage_chunk_kept_when_client_asks() {
     let s = sim(&["m"]).await;
-    let app = gateway(&[("BACKENDS", format!("m:{}", s.addr()))]).await;
+    let app = gateway(&[("BACKENDS", backends("m", &[&s]))]).await;
     let mut req = chat("m", true);
     req["stream_options"] = json!({"include_usage": true});
     let body = post(&app, "/v1/chat/completions", &req)
@@ -87,7 +87,7 @@ async fn usage_chunk_kept_when_client_asks() {
 #[tokio::test]
 async fn completions_embeddings_and_other_model_routes() {
     let s = sim(&["m"]).await;
-    let app = gateway(&[("BACKENDS", format!("m:{}", s.addr()))]).await;
+    let app = gateway(&[("BACKENDS", backends("m", &[&s]))]).await;
     let v: Value = post(
         &app,
         "/v1/completions",
@@ -123,7 +123,7 @@ async fn completions_embeddings_and_other_model_routes() {
 async fn errors_are_openai_shaped_with_right_status() {
     let s = sim(&["m"]).await;
     let app = gateway(&[
-        ("BACKENDS", format!("m:{}", s.addr())),
+        ("BACKENDS", backends("m", &[&s])),
         ("MAX_BODY_BYTES", "1000".into()),
     ])
     .await;
@@ -396,7 +396,7 @@ async fn models_health_readiness_and_admin() {
 async fn cors_allowlist_never_reflects_other_origins() {
     let s = sim(&["m"]).await;
     let app = gateway(&[
-        ("BACKENDS", format!("m:{}", s.addr())),
+        ("BACKENDS", backends("m", &[&s])),
         ("ENABLE_CORS", "true".into()),
         ("CORS_ORIGIN", "https://app.example".into()),
     ])
@@ -444,7 +444,7 @@ async fn cors_allowlist_never_reflects_other_origins() {
 async fn hop_by_hop_and_client_credentials_not_forwarded() {
     let s = sim_with(&["m"], |c| c.api_key = Some("vllm-key".into())).await;
     let app = gateway(&[
-        ("BACKENDS", format!("m:{}", s.addr())),
+        ("BACKENDS", backends("m", &[&s])),
         ("VLLM_API_KEY", "vllm-key".into()),
     ])
     .await;
@@ -473,7 +473,7 @@ async fn hop_by_hop_and_client_credentials_not_forwarded() {
 async fn overload_is_rejected_with_retry_after() {
     let s = sim_with(&["m"], |c| c.latency_ms = 500).await;
     let app = gateway(&[
-        ("BACKENDS", format!("m:{}", s.addr())),
+        ("BACKENDS", backends("m", &[&s])),
         ("MAX_IN_FLIGHT_PER_SERVER", "1".into()),
     ])
     .await;

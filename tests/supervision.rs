@@ -68,7 +68,7 @@ async fn crash_under_traffic(kind: ActorKind, key: &str, route_via: &str) {
     let b = sim_with(&["m"], |c| c.token_delay_ms = 2).await;
     let app = gateway(&[
         ("VLLM_SERVERS", servers(&[&a, &b])),
-        ("BACKENDS", format!("m:{},m:{}", a.addr(), b.addr())),
+        ("BACKENDS", backends("m", &[&a, &b])),
         ("ROUTE_VIA", route_via.into()),
     ])
     .await;
@@ -143,7 +143,7 @@ async fn stream_actor_panic_fails_only_its_own_stream() {
     })
     .await;
     let app = gateway(&[
-        ("BACKENDS", format!("m:{}", a.addr())),
+        ("BACKENDS", backends("m", &[&a])),
         ("STREAM_SHARDS", "1".into()),
     ])
     .await;
@@ -186,7 +186,7 @@ async fn stream_actor_panic_fails_only_its_own_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_loop_escalates_and_stops_the_gateway() {
     let a = sim(&["m"]).await;
-    let app = gateway(&[("BACKENDS", format!("m:{}", a.addr()))]).await;
+    let app = gateway(&[("BACKENDS", backends("m", &[&a]))]).await;
     all_healthy(&app).await;
     for i in 0..6u64 {
         assert!(

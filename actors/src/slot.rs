@@ -34,7 +34,9 @@ impl<M: Message> Slot<M> {
         self.0.load_full().map(|a| (*a).clone())
     }
 
-    /// Fire-and-forget; returns false when the actor is down (the message is dropped).
+    /// Fire-and-forget; false when the slot is empty or the send failed. A message sent to
+    /// an actor that is dying may still be lost, so callers must not depend on delivery
+    /// (health reports and discovery results are level-triggered for that reason).
     pub fn cast(&self, msg: M) -> bool {
         match self.0.load().as_ref() {
             Some(actor) => actor.cast(msg).is_ok(),

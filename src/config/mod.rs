@@ -360,20 +360,6 @@ impl Config {
             Err(errors)
         }
     }
-
-    /// Defaults with no backends; tests and the demo fill in what they need.
-    pub fn defaults() -> Config {
-        let none = |_: &str| None;
-        let src = Sources {
-            env: &none,
-            file: None,
-        };
-        match Config::load(&src) {
-            Ok(v) => v.0,
-            // Defaults always validate; a failure here is a programming error caught by tests.
-            Err(e) => unreachable!("default config invalid: {e:?}"),
-        }
-    }
 }
 
 fn validate(c: &Config) -> Vec<ConfigError> {

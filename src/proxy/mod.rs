@@ -299,6 +299,7 @@ async fn attempts(
 ) -> Result<Started, Result<Response<Body>, GatewayError>> {
     let mut exclude: Vec<BackendId> = Vec::new();
     let mut last: Option<AttemptError> = None;
+    // Held through the next attempt so concurrent retries are counted against the budget.
     let mut _retry_slot = None;
     for attempt in 1..=state.cfg.max_attempts {
         let guard = match state.registry.route(&p.served, &exclude).await {

@@ -29,6 +29,10 @@ use crate::toolcall::{Emit, Family, RequestTools, StreamRepair};
 
 /// Frames buffered between pump and client.
 const CHANNEL_FRAMES: usize = 32;
+/// How long a terminal error event may wait for a slow client.
+const ERROR_WAIT: Duration = Duration::from_secs(5);
+/// Shorter when cancelled: shutdown or a dead stream actor must not linger.
+const CANCEL_WAIT: Duration = Duration::from_secs(1);
 
 pub struct Relay {
     pub ep: Endpoint,
@@ -236,7 +240,8 @@ impl Pump {
                     };
                     if !ok {
                         break if ctx.cancel.is_cancelled() {
-                            self.fail(GatewayError::Internal, ctx).await
+                            self.fail_with("cancelled", GatewayError::Internal, CANCEL_WAIT)
+                                .await
                         } else {
                             "client_gone"
                         };
@@ -246,16 +251,20 @@ impl Pump {
                     self.flush_repair(ctx).await;
                     self.backend.record_outcome(true);
                     break self
-                        .fail_with("upstream_closed", GatewayError::UpstreamFailed)
+                        .fail_with("upstream_closed", GatewayError::UpstreamFailed, ERROR_WAIT)
                         .await;
                 }
                 Step::Failed(e, why) => {
                     self.flush_repair(ctx).await;
                     self.backend.record_outcome(true);
-                    break self.fail_with(why, e).await;
+                    break self.fail_with(why, e, ERROR_WAIT).await;
                 }
                 Step::ClientGone => break "client_gone",
-                Step::Cancelled => break self.fail(GatewayError::Internal, ctx).await,
+                Step::Cancelled => {
+                    break self
+                        .fail_with("cancelled", GatewayError::Internal, CANCEL_WAIT)
+                        .await
+                }
             }
         };
         (outcome, self.chunks)
@@ -270,7 +279,8 @@ impl Pump {
                 Step::Item(b) => {
                     if !self.send(b, ctx).await {
                         break if ctx.cancel.is_cancelled() {
-                            self.fail(GatewayError::Internal, ctx).await
+                            self.fail_with("cancelled", GatewayError::Internal, CANCEL_WAIT)
+                                .await
                         } else {
                             "client_gone"
                         };
@@ -282,10 +292,14 @@ impl Pump {
                 }
                 Step::Failed(e, why) => {
                     self.backend.record_outcome(true);
-                    break self.fail_with(why, e).await;
+                    break self.fail_with(why, e, ERROR_WAIT).await;
                 }
                 Step::ClientGone => break "client_gone",
-                Step::Cancelled => break self.fail(GatewayError::Internal, ctx).await,
+                Step::Cancelled => {
+                    break self
+                        .fail_with("cancelled", GatewayError::Internal, CANCEL_WAIT)
+                        .await
+                }
             }
         };
         (outcome, self.chunks)
@@ -301,15 +315,15 @@ impl Pump {
         }
     }
 
-    /// Cancelled or the actor died: the terminal error event waits at most 1 s for a slow
-    /// client, and the upstream is dropped.
-    async fn fail(&mut self, e: GatewayError, _ctx: &PumpCtx) -> &'static str {
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.tx.send(e.sse_terminal())).await;
-        "cancelled"
-    }
-
-    async fn fail_with(&mut self, why: &'static str, e: GatewayError) -> &'static str {
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.tx.send(e.sse_terminal())).await;
+    /// Send the terminal error event (then the stream closes). A slow client gets at most
+    /// `wait` to take it; the upstream is dropped either way.
+    async fn fail_with(
+        &mut self,
+        why: &'static str,
+        e: GatewayError,
+        wait: Duration,
+    ) -> &'static str {
+        let _ = tokio::time::timeout(wait, self.tx.send(e.sse_terminal())).await;
         why
     }
 }

@@ -71,6 +71,14 @@ pub async fn gateway(extra: &[(&str, String)]) -> App {
     App::start(cfg, listener).await.expect("start gateway")
 }
 
+/// `BACKENDS` value: `model` served by each sim.
+pub fn backends(model: &str, sims: &[&SimHandle]) -> String {
+    sims.iter()
+        .map(|s| format!("{model}:{}", s.addr()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// `VLLM_SERVERS` value for some sims.
 pub fn servers(sims: &[&SimHandle]) -> String {
     sims.iter()
