@@ -119,7 +119,7 @@ async fn run(cli: Cli) -> i32 {
         },
         Command::Demo => demo(cli.config).await,
         Command::SimVllm(args) => sim_vllm(args).await,
-        Command::Healthcheck { url } => healthcheck(url).await,
+        Command::Healthcheck { url } => healthcheck(url, cli.config).await,
     }
 }
 
@@ -332,14 +332,24 @@ Ctrl-C stops the demo.
     code
 }
 
-async fn healthcheck(url: Option<String>) -> i32 {
-    let url = url.unwrap_or_else(|| {
-        let port = std::env::var("PORT")
-            .ok()
-            .filter(|p| p.parse::<u16>().is_ok())
-            .unwrap_or_else(|| "8080".into());
-        format!("http://127.0.0.1:{port}/healthz")
-    });
+/// The gateway's own address as its configuration says (YAML, env or `PORT_FILE`), so the
+/// Docker HEALTHCHECK probes the port the gateway really listens on.
+fn local_healthz(file: Option<PathBuf>) -> String {
+    let (host, port) = match load_config(file, &process_env) {
+        Ok(cfg) => (cfg.host.clone(), cfg.port),
+        Err(_) => ("0.0.0.0".to_owned(), 8080),
+    };
+    let host = match host.as_str() {
+        "0.0.0.0" | "" => "127.0.0.1".to_owned(),
+        "::" | "[::]" => "[::1]".to_owned(),
+        h if h.contains(':') && !h.starts_with('[') => format!("[{h}]"),
+        h => h.to_owned(),
+    };
+    format!("http://{host}:{port}/healthz")
+}
+
+async fn healthcheck(url: Option<String>, file: Option<PathBuf>) -> i32 {
+    let url = url.unwrap_or_else(|| local_healthz(file));
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()

@@ -1,0 +1,130 @@
+//! The `llmmux` binary as a child process: exit codes, config validation messages, serving
+//! behind a simulated vLLM server, the Docker healthcheck command, and SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn llmmux() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_llmmux"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    c
+}
+
+#[test]
+fn check_config_reports_every_problem_and_exits_2() {
+    let out = llmmux()
+        .args(["check-config"])
+        .env("PORT", "eighty")
+        .env("MAX_ATTEMPTS", "0")
+        .env("CORS_ORIGIN", "null")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for name in ["PORT", "MAX_ATTEMPTS", "CORS_ORIGIN"] {
+        assert!(
+            err.lines().any(|l| l.contains(name)),
+            "{name} not named in:\n{err}"
+        );
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn check_config_prints_effective_config_with_secrets_masked() {
+    let out = llmmux()
+        .args(["check-config"])
+        .env("BACKENDS", "m:127.0.0.1:9")
+        .env("API_KEYS", "sk-very-secret")
+        .env("VLLM_API_KEY", "vk-hidden")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("BACKENDS=m=http://127.0.0.1:9"), "{text}");
+    assert!(
+        !text.contains("sk-very-secret") && !text.contains("vk-hidden"),
+        "{text}"
+    );
+}
+
+#[test]
+fn serve_without_backends_exits_2_and_suggests_the_demo() {
+    let out = llmmux().args(["serve"]).output().expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("llmmux demo"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_answers_healthcheck_and_stops_cleanly_on_sigterm() {
+    let s = sim(&["m"]).await;
+    let mut child = llmmux()
+        .env("PORT", "0")
+        .env("HOST", "127.0.0.1")
+        .env("BACKENDS", backends("m", &[&s]))
+        .env("API_KEYS", KEY)
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let addr = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("gateway logs its address");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["fields"]["message"] == "llmmux listening" {
+            break v["fields"]["addr"].as_str().expect("addr").to_owned();
+        }
+    };
+    let base = format!("http://{addr}");
+    let r = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&chat("m", false))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 200);
+    let hc = llmmux()
+        .args(["healthcheck", "--url", &format!("{base}/healthz")])
+        .status()
+        .expect("healthcheck runs");
+    assert!(hc.success());
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert_eq!(status.code(), Some(0), "clean exit on SIGTERM");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "gateway did not stop after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hc = llmmux()
+        .args(["healthcheck", "--url", &format!("{base}/healthz")])
+        .status()
+        .expect("healthcheck runs");
+    assert!(!hc.success(), "healthcheck fails once the gateway is gone");
+}
