@@ -501,3 +501,54 @@ async fn overload_is_rejected_with_retry_after() {
     assert_eq!(first.await.expect("join").expect("ok"), 200);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn slow_headers_are_cut_off_at_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = sim(&["m"]).await;
+    let app = gateway(&[
+        ("BACKENDS", backends("m", &[&s])),
+        ("HEADER_READ_TIMEOUT", "300".into()),
+    ])
+    .await;
+    let mut sock = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    sock.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("partial headers");
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "connection closed by the gateway (target 300 ms)"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(s.stats().inference_requests, 0);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_body_without_content_length_is_rejected() {
+    let s = sim(&["m"]).await;
+    let app = gateway(&[
+        ("BACKENDS", backends("m", &[&s])),
+        ("MAX_BODY_BYTES", "10000".into()),
+    ])
+    .await;
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..50).map(|_| Ok(vec![b' '; 1000])).collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let r = client()
+        .post(url(&app, "/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 413);
+    assert_eq!(s.stats().inference_requests, 0, "nothing forwarded");
+    app.shutdown().await;
+}
