@@ -90,6 +90,28 @@ fn harmony(n: usize) -> Vec<String> {
     stream_of(&p)
 }
 
+/// gpt-oss harmony markup: a long analysis (every chunk becomes reasoning), short final.
+fn harmony_analysis(n: usize) -> Vec<String> {
+    let mut p: Vec<String> = vec![
+        "<|channel|>".into(),
+        "analysis".into(),
+        "<|message|>".into(),
+    ];
+    let tail = [
+        "<|end|>",
+        "<|start|>",
+        "assistant",
+        "<|channel|>",
+        "final",
+        "<|message|>",
+        "Done.",
+    ];
+    let body = n.saturating_sub(p.len() + tail.len());
+    p.extend((0..body).map(|i| format!(" think{}", i % 97)));
+    p.extend(tail.iter().map(|t| (*t).to_owned()));
+    stream_of(&p)
+}
+
 fn run(family: Family, stream: &[String], tools: &RequestTools, counters: &Arc<Counters>) -> usize {
     let mut sr = StreamRepair::new(family, tools.clone(), Options::default(), counters.clone());
     let mut n = 0;
@@ -105,12 +127,17 @@ fn run(family: Family, stream: &[String], tools: &RequestTools, counters: &Arc<C
 fn bench(c: &mut Criterion) {
     let tools = tools();
     let counters = Arc::new(Counters::new());
-    let cases: [(&str, Family, Vec<String>); 5] = [
+    let cases: [(&str, Family, Vec<String>); 6] = [
         ("passthrough_plain", Family::Hermes, plain(CHUNKS)),
         ("passthrough_plain_gptoss", Family::GptOss, plain(CHUNKS)),
         ("passthrough_escaped", Family::Hermes, plain_escaped(CHUNKS)),
         ("hermes_tool_call", Family::Hermes, hermes_call(CHUNKS)),
         ("gptoss_harmony_final", Family::GptOss, harmony(CHUNKS)),
+        (
+            "gptoss_harmony_analysis",
+            Family::GptOss,
+            harmony_analysis(CHUNKS),
+        ),
     ];
     let mut g = c.benchmark_group("toolcall_stream");
     for (name, family, stream) in &cases {

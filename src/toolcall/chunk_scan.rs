@@ -18,6 +18,12 @@ pub(crate) struct ChoiceInfo {
     pub finish: bool,
     /// The delta has keys besides `content` (role, reasoning, ...).
     pub delta_other: bool,
+    /// Offset of the opening quote of the `content` key (the member to splice).
+    pub content_key: usize,
+    /// The choice has more than one `delta` key or its delta more than one `content` key.
+    pub dup: bool,
+    /// The choice has a `finish_reason` key (null or not).
+    pub finish_key: bool,
     /// Set by the stream transform: this choice is forwarded unchanged.
     pub fast: bool,
 }
@@ -57,16 +63,16 @@ impl Sc<'_> {
         let start = self.i;
         let mut esc = false;
         loop {
+            self.i += quote_or_backslash(self.b.get(self.i..).ok_or(())?).ok_or(())?;
             match self.b.get(self.i).copied().ok_or(())? {
                 b'"' => {
                     self.i += 1;
                     return Ok((start, self.i - 1, esc));
                 }
-                b'\\' => {
+                _ => {
                     esc = true;
                     self.i += 2;
                 }
-                _ => self.i += 1,
             }
         }
     }
@@ -142,6 +148,8 @@ impl Sc<'_> {
                 info.delta_other = true;
             }
             if sc.key_is(k, "content") {
+                info.dup |= info.content_key != 0;
+                info.content_key = k.0.saturating_sub(1);
                 if sc.is_null()? {
                     sc.skip()
                 } else {
@@ -187,6 +195,7 @@ impl Sc<'_> {
     }
 
     fn choice(&mut self, info: &mut ChoiceInfo) -> R<()> {
+        let mut seen_delta = false;
         self.object(|sc, k| {
             if sc.key_is(k, "index") {
                 sc.peek()?;
@@ -206,8 +215,10 @@ impl Sc<'_> {
                 info.index = v;
                 Ok(())
             } else if sc.key_is(k, "delta") {
+                info.dup |= std::mem::replace(&mut seen_delta, true);
                 sc.delta(info)
             } else if sc.key_is(k, "finish_reason") {
+                info.finish_key = true;
                 info.finish = !sc.is_null()?;
                 sc.skip()
             } else {
@@ -215,6 +226,33 @@ impl Sc<'_> {
             }
         })
     }
+}
+
+/// Offset of the first `"` or `\\` in `b` (eight bytes at a time).
+fn quote_or_backslash(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut off = 0;
+    let mut words = b.chunks_exact(8);
+    for w in words.by_ref() {
+        let Ok(a) = <[u8; 8]>::try_from(w) else {
+            break;
+        };
+        let x = u64::from_le_bytes(a);
+        let q = x ^ (ONES * u64::from(b'"'));
+        let s = x ^ (ONES * u64::from(b'\\'));
+        // the lowest flagged byte is exactly the first zero byte of q or s
+        let hit = (q.wrapping_sub(ONES) & !q | s.wrapping_sub(ONES) & !s) & HIGH;
+        if hit != 0 {
+            return Some(off + (hit.trailing_zeros() / 8) as usize);
+        }
+        off += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\')
+        .map(|k| off + k)
 }
 
 /// Reads the payload. `Ok(true)` when it has a `choices` array (infos filled,
@@ -303,4 +341,194 @@ fn hex4(chars: &mut std::str::Chars<'_>) -> Option<u32> {
         v = v * 16 + chars.next()?.to_digit(16)?;
     }
     Some(v)
+}
+
+/// Nesting deeper than this is left to `serde_json` (its limit is 128).
+const MAX_DEPTH: usize = 100;
+
+/// Conservative, allocation-free JSON check: `true` only when `serde_json`
+/// certainly parses `data` into a `Value`. Anything unusual (surrogate escapes,
+/// exponents, long numbers, deep nesting) gives `false`, so callers then ask
+/// `serde_json` itself.
+pub(crate) fn surely_valid(data: &str) -> bool {
+    let mut v = Sc {
+        b: data.as_bytes(),
+        i: 0,
+    };
+    v.valid_value(0) && {
+        v.ws();
+        v.i == v.b.len()
+    }
+}
+
+impl Sc<'_> {
+    fn valid_value(&mut self, depth: usize) -> bool {
+        let Ok(c) = self.peek() else {
+            return false;
+        };
+        match c {
+            b'"' => self.valid_string(),
+            b'{' | b'[' => {
+                if depth >= MAX_DEPTH {
+                    return false;
+                }
+                let close = if c == b'{' { b'}' } else { b']' };
+                self.i += 1;
+                if self.peek() == Ok(close) {
+                    self.i += 1;
+                    return true;
+                }
+                loop {
+                    if c == b'{' && !(self.valid_string() && self.expect(b':').is_ok()) {
+                        return false;
+                    }
+                    if !self.valid_value(depth + 1) {
+                        return false;
+                    }
+                    match self.peek() {
+                        Ok(b',') => self.i += 1,
+                        Ok(x) if x == close => {
+                            self.i += 1;
+                            return true;
+                        }
+                        _ => return false,
+                    }
+                    if c == b'{' && self.peek() != Ok(b'"') {
+                        return false;
+                    }
+                }
+            }
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            _ => self.valid_number(),
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> bool {
+        let end = self.i + word.len();
+        if self.b.get(self.i..end) == Some(word) {
+            self.i = end;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.i;
+        while self.b.get(self.i).is_some_and(u8::is_ascii_digit) {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)?`, at most 15 digits, no exponent.
+    fn valid_number(&mut self) -> bool {
+        if self.b.get(self.i) == Some(&b'-') {
+            self.i += 1;
+        }
+        let first = self.b.get(self.i).copied();
+        let int = self.digits();
+        if int == 0 || (int > 1 && first == Some(b'0')) {
+            return false;
+        }
+        let mut frac = 0;
+        if self.b.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            frac = self.digits();
+            if frac == 0 {
+                return false;
+            }
+        }
+        int + frac <= 15 && !matches!(self.b.get(self.i), Some(b'e' | b'E'))
+    }
+
+    /// A string without raw control characters, with valid escapes and no
+    /// `\u` escape in the surrogate range.
+    fn valid_string(&mut self) -> bool {
+        self.expect(b'"').is_ok() && self.valid_string_rest(true)
+    }
+
+    /// The rest of a string after its opening quote; `quoted`: it must end
+    /// with a closing quote (else it runs to the end of the input).
+    fn valid_string_rest(&mut self, quoted: bool) -> bool {
+        loop {
+            let Some(rest) = self.b.get(self.i..) else {
+                return false;
+            };
+            let Some(k) = special_byte(rest) else {
+                self.i = self.b.len();
+                return !quoted;
+            };
+            self.i += k;
+            match self.b.get(self.i).copied() {
+                Some(b'"') => {
+                    self.i += 1;
+                    return quoted;
+                }
+                Some(b'\\') => {
+                    self.i += 1;
+                    match self.b.get(self.i).copied() {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 1,
+                        Some(b'u') => {
+                            let Some(hex) = self.b.get(self.i + 1..self.i + 5) else {
+                                return false;
+                            };
+                            let mut v = 0u32;
+                            for &h in hex {
+                                let Some(d) = char::from(h).to_digit(16) else {
+                                    return false;
+                                };
+                                v = v * 16 + d;
+                            }
+                            if (0xD800..0xE000).contains(&v) {
+                                return false;
+                            }
+                            self.i += 5;
+                        }
+                        _ => return false,
+                    }
+                }
+                _ => return false, // control character
+            }
+        }
+    }
+}
+
+/// Conservative check of a string's raw text (between its quotes): `true` only
+/// when the quoted text is certainly a string `serde_json` accepts.
+pub(crate) fn surely_valid_string_body(raw: &str) -> bool {
+    Sc {
+        b: raw.as_bytes(),
+        i: 0,
+    }
+    .valid_string_rest(false)
+}
+
+/// Offset of the first `"`, `\` or control character (< 0x20) in `b`.
+fn special_byte(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut off = 0;
+    let mut words = b.chunks_exact(8);
+    for w in words.by_ref() {
+        let Ok(a) = <[u8; 8]>::try_from(w) else {
+            break;
+        };
+        let x = u64::from_le_bytes(a);
+        let q = x ^ (ONES * u64::from(b'"'));
+        let s = x ^ (ONES * u64::from(b'\\'));
+        let ctl = x.wrapping_sub(ONES * 0x20) & !x;
+        let hit = (q.wrapping_sub(ONES) & !q | s.wrapping_sub(ONES) & !s | ctl) & HIGH;
+        if hit != 0 {
+            return Some(off + (hit.trailing_zeros() / 8) as usize);
+        }
+        off += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .map(|k| off + k)
 }

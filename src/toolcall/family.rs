@@ -128,7 +128,8 @@ impl FormatRules {
         Ok(FormatRules { rules })
     }
 
-    /// The family for a model id (as sent by the client).
+    /// The family for a model id: the served name (after `MODEL_ALIASES`), not
+    /// necessarily the id the client sent.
     pub fn family_for(&self, model: &str) -> Family {
         self.rules()
             .find(|(g, _)| glob_match(g, model))

@@ -17,7 +17,11 @@
 //! one whatever the chunk boundaries. In a stream only text that could start a
 //! candidate is held (a partial tag, a candidate body, trailing whitespace that a
 //! following call would trim); plain text is forwarded as [`Emit::PassThrough`]
-//! without allocating. Native upstream `tool_calls` are never touched.
+//! without allocating. A single-choice chunk whose only change is its
+//! `delta.content` text (held text, streamed harmony bodies), or whose content
+//! becomes reasoning (harmony `analysis`), is rewritten by splicing the new
+//! JSON-escaped string into the original payload; only other rewrites go through
+//! `serde_json::Value`. Native upstream `tool_calls` are never touched.
 //!
 //! Layout: `family` (families, model rules), `config` (options, request facts),
 //! `machine` (state machine), `sink` (R6/R13 output assembly), per-family

@@ -1,7 +1,9 @@
 //! Streaming repair (protocol.md section 4): one [`StreamRepair`] per response,
 //! fed every SSE `data:` payload in order.
 
-use super::chunk_scan::{decode_into, scan_chunk, ChoiceInfo};
+use super::chunk_scan::{
+    decode_into, scan_chunk, surely_valid, surely_valid_string_body, ChoiceInfo,
+};
 use super::config::{Options, RequestTools};
 use super::counters::Counters;
 use super::family::Family;
@@ -48,6 +50,14 @@ pub struct StreamRepair {
     scratch: String,
     envelope: Option<Map<String, Value>>,
     ids: IdGen,
+    /// The last payload found valid, minus its content string's text, and
+    /// where that text was: a payload equal to it outside its content string
+    /// is valid when its content string is.
+    valid_frame: String,
+    valid_split: usize,
+    /// Tests: never splice, always build rewritten chunks through `serde_json`.
+    #[cfg(test)]
+    pub(crate) no_splice: bool,
 }
 
 fn state_for(choices: &mut Vec<ChoiceState>, family: Family, index: u64) -> usize {
@@ -131,6 +141,10 @@ impl StreamRepair {
             scratch: String::new(),
             envelope: None,
             ids: IdGen::default(),
+            valid_frame: String::new(),
+            valid_split: 0,
+            #[cfg(test)]
+            no_splice: false,
         }
     }
 
@@ -199,14 +213,36 @@ impl StreamRepair {
                 st.machine.feed(text, &cx);
                 report(&mut st.machine, &mut st.reported, cx.family, &self.counters);
                 let outs = st.machine.take_out();
+                #[cfg(test)]
+                let splice_ok = !self.no_splice;
+                #[cfg(not(test))]
+                let splice_ok = true;
                 match outs.as_slice() {
                     [] if !info.delta_other => return Emit::Replace(Vec::new()),
-                    [Out::Content(c)] => {
-                        if let (Some(head), Some(tail), Ok(q)) =
-                            (data.get(..s), data.get(e..), serde_json::to_string(c))
-                        {
-                            let inner = q.get(1..q.len().saturating_sub(1)).unwrap_or_default();
-                            return Emit::Replace(vec![format!("{head}{inner}{tail}")]);
+                    [Out::Content(c)] if splice_ok => {
+                        if let Some(p) = splice(data, s, e, None, c) {
+                            return Emit::Replace(vec![p]);
+                        }
+                    }
+                    // Reasoning only (harmony analysis): the `content` member becomes
+                    // the reasoning member, which is what `slow` builds, as long as
+                    // the delta has nothing else, the choice already has its
+                    // `finish_reason` key and the payload is valid JSON.
+                    [Out::Reasoning(r)]
+                        if splice_ok
+                            && !info.delta_other
+                            && !info.dup
+                            && info.finish_key
+                            && valid_cached(
+                                data,
+                                (s, e),
+                                &mut self.valid_frame,
+                                &mut self.valid_split,
+                            ) =>
+                    {
+                        let key = (info.content_key, st.reasoning_field);
+                        if let Some(p) = splice(data, s, e, Some(key), r) {
+                            return Emit::Replace(vec![p]);
                         }
                     }
                     _ => {}
@@ -355,6 +391,97 @@ impl StreamRepair {
         }
         out
     }
+}
+
+/// `data` with the JSON string whose raw text is `data[s..e]` replaced by
+/// `text` (escaped exactly as `serde_json` does); with `key = Some((k, name))`
+/// the whole member from the key's opening quote at `k` becomes `"name":"text"`.
+fn splice(
+    data: &str,
+    s: usize,
+    e: usize,
+    key: Option<(usize, &str)>,
+    text: &str,
+) -> Option<String> {
+    let (head, tail) = match key {
+        None => (data.get(..s)?, data.get(e..)?),
+        Some((k, _)) => (data.get(..k)?, data.get(e.checked_add(1)?..)?),
+    };
+    let name_len = key.map_or(0, |(_, n)| n.len() + 4);
+    let mut out = String::with_capacity(head.len() + name_len + text.len() + 8 + tail.len());
+    out.push_str(head);
+    if let Some((_, name)) = key {
+        out.push('"');
+        out.push_str(name);
+        out.push_str("\":\"");
+    }
+    escape_into(text, &mut out);
+    if key.is_some() {
+        out.push('"');
+    }
+    out.push_str(tail);
+    Some(out)
+}
+
+/// Appends the JSON-escaped form of `s` (without quotes), byte-for-byte what
+/// `serde_json` writes: `\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, other
+/// control characters as `\u00xx`, everything else verbatim.
+pub(crate) fn escape_into(s: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let b = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let esc = match c {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // `i` is at an ASCII byte, so both slices end on char boundaries
+        out.push_str(s.get(start..i).unwrap_or_default());
+        start = i + 1;
+        if esc.is_empty() {
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(c >> 4)]));
+            out.push(char::from(HEX[usize::from(c & 0xf)]));
+        } else {
+            out.push_str(esc);
+        }
+    }
+    out.push_str(s.get(start..).unwrap_or_default());
+}
+
+/// `valid_json(data)`, where `data[s..e]` is the raw text of a string, using
+/// (and updating) the frame of the last valid payload.
+fn valid_cached(data: &str, (s, e): (usize, usize), frame: &mut String, split: &mut usize) -> bool {
+    let (Some(head), Some(body), Some(tail)) = (data.get(..s), data.get(s..e), data.get(e..))
+    else {
+        return valid_json(data);
+    };
+    if !surely_valid_string_body(body) {
+        return valid_json(data);
+    }
+    if frame.get(..*split) == Some(head) && frame.get(*split..) == Some(tail) {
+        return true;
+    }
+    if !valid_json(data) {
+        return false;
+    }
+    frame.clear();
+    frame.push_str(head);
+    frame.push_str(tail);
+    *split = head.len();
+    true
+}
+
+/// Whether `slow` could parse `data` (usually decided without building a value).
+fn valid_json(data: &str) -> bool {
+    surely_valid(data) || serde_json::from_str::<Value>(data).is_ok()
 }
 
 fn wrap(envelope: &Map<String, Value>, pieces: Vec<Value>) -> Vec<String> {

@@ -915,3 +915,220 @@ fn ids_are_well_formed() {
         "chatcmpl-tool-0123456789abcdef0123456789abcdef"
     ));
 }
+
+// ---------------------------------------------------------------- splicing
+
+/// A payload with gateway call ids blanked (they are random).
+fn without_ids(p: &str) -> Value {
+    let mut v: Value = serde_json::from_str(p).expect("payload is JSON");
+    if let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) {
+        for c in choices {
+            if let Some(calls) = c
+                .pointer_mut("/delta/tool_calls")
+                .and_then(Value::as_array_mut)
+            {
+                for call in calls {
+                    if let Some(id) = call.get_mut("id") {
+                        *id = Value::from("id");
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+fn run_both(family: Family, tools: &RequestTools, opts: &Options, up: &[String], ctx: &str) {
+    let mut outs = Vec::new();
+    for no_splice in [false, true] {
+        let mut sr = StreamRepair::new(
+            family,
+            tools.clone(),
+            opts.clone(),
+            Arc::new(Counters::new()),
+        );
+        sr.no_splice = no_splice;
+        let mut out = Vec::new();
+        for u in up {
+            match sr.push(u) {
+                Emit::PassThrough => out.push(u.clone()),
+                Emit::Replace(r) => out.extend(r),
+            }
+        }
+        out.extend(sr.finish());
+        outs.push(out.iter().map(|p| without_ids(p)).collect::<Vec<_>>());
+    }
+    assert_eq!(
+        outs[0], outs[1],
+        "{ctx}: spliced chunks differ from rebuilt ones"
+    );
+}
+
+#[test]
+fn spliced_chunks_equal_rebuilt_chunks() {
+    for v in vectors() {
+        let Some(tools) = v.tools.clone() else {
+            continue;
+        };
+        let raw = raw_of(&v);
+        let pieces = char_pieces(&raw);
+        let up = upstream_stream(&v, &pieces, false, true);
+        run_both(v.family, &tools, &v.opts, &up, &v.id);
+        for cut in (0..=raw.len()).filter(|&c| raw.is_char_boundary(c)) {
+            let up = upstream_stream(&v, &[&raw[..cut], &raw[cut..]], true, false);
+            run_both(
+                v.family,
+                &tools,
+                &v.opts,
+                &up,
+                &format!("{} cut {cut}", v.id),
+            );
+        }
+    }
+}
+
+#[test]
+fn harmony_reasoning_is_spliced() {
+    let v = find("B4");
+    let tools = v.tools.clone().expect("tools");
+    let text = "Think \"hard\" \\ \n\t\u{1}\u{1f} é / \u{7f} 😀";
+    let with = |extra: Value, content: &str| {
+        let mut c = json!({"index": 0, "delta": {"content": content}, "logprobs": null, "finish_reason": null});
+        if let (Some(m), Value::Object(e)) = (c.as_object_mut(), extra) {
+            m.extend(e);
+        }
+        c
+    };
+    for extra in [json!({}), json!({"stop_reason": null, "token_ids": [1, 2]})] {
+        let mut sr = StreamRepair::new(
+            Family::GptOss,
+            tools.clone(),
+            Options::default(),
+            Arc::new(Counters::new()),
+        );
+        assert_eq!(
+            sr.push(&chunk(with(
+                extra.clone(),
+                "<|channel|>analysis<|message|>"
+            ))),
+            Emit::Replace(Vec::new())
+        );
+        let r = match sr.push(&chunk(with(extra.clone(), text))) {
+            Emit::Replace(r) => r,
+            Emit::PassThrough => panic!("analysis is rewritten"),
+        };
+        let mut want = json!({"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1767225600, "model": "m",
+                              "system_fingerprint": "fp", "choices": [with(extra, "")]});
+        want["choices"][0]["delta"] = json!({"reasoning": text});
+        assert_eq!(r.len(), 1);
+        assert_eq!(serde_json::from_str::<Value>(&r[0]).ok(), Some(want));
+    }
+}
+
+#[test]
+fn escape_matches_serde_json() {
+    let mut all: String = (0u32..0x80).filter_map(char::from_u32).collect();
+    all.push_str("é€😀\u{2028}\u{fffd}");
+    for s in [all.as_str(), "", "plain", "\"", "a\\b", "\u{0}x"] {
+        let mut out = String::new();
+        super::stream::escape_into(s, &mut out);
+        assert_eq!(
+            format!("\"{out}\""),
+            serde_json::to_string(s).expect("string")
+        );
+    }
+}
+
+#[test]
+fn surely_valid_is_conservative() {
+    use super::chunk_scan::surely_valid;
+    for ok in [
+        r#"{"a":[1,-2,0.5,true,false,null,{"b":"c\n\u00e9"}], "d" : {} , "e":[]}"#,
+        " [ ] ",
+        "0",
+        r#""\"\\\/\b\f\n\r\t""#,
+    ] {
+        assert!(surely_valid(ok), "{ok}");
+        assert!(serde_json::from_str::<Value>(ok).is_ok(), "{ok}");
+    }
+    for unsure in [
+        "",
+        "{",
+        "[1,]",
+        r#"{"a":1,}"#,
+        r#"{"a" 1}"#,
+        "01",
+        "-",
+        "1.",
+        "1e5",
+        ".5",
+        "tru",
+        "nul",
+        r#""\ud800""#,
+        r#""\x""#,
+        "\"a\u{1}\"",
+        "\"abc",
+        "[1 2]",
+        "{1:2}",
+        "1 2",
+        "12345678901234567",
+        r#"{"a":1}}"#,
+        "[[[[",
+        "]",
+    ] {
+        assert!(!surely_valid(unsure), "{unsure}");
+    }
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    assert!(!surely_valid(&deep));
+    use super::chunk_scan::surely_valid_string_body as body;
+    assert!(body("") && body("abc é") && body(r#"\n\u00e9\\\""#));
+    for bad in [r"\ud83d", "a\"", "a\u{1}", "a\\", r"\x", r"\u12"] {
+        assert!(!body(bad), "{bad}");
+    }
+}
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        (-1000i64..1000).prop_map(Value::from),
+        (0u32..100).prop_map(|n| Value::from(f64::from(n) / 8.0)),
+        "[a-z\"\\\\/\n\u{1}é😀]{0,4}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::vec(("[a-z\"]{0,3}", inner), 0..4)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, .. ProptestConfig::default() })]
+    #[test]
+    fn surely_valid_implies_serde_parses(v in json_value(), pos in any::<usize>(), op in 0usize..3,
+                                         ins in "[\\[\\]{}\",:0-9a-z\\\\.eE+ \u{1}-]") {
+        let s = v.to_string();
+        prop_assert!(super::chunk_scan::surely_valid(&s), "{:?}", s);
+        let cuts: Vec<usize> = (0..=s.len()).filter(|&c| s.is_char_boundary(c)).collect();
+        let at = cuts[pos % cuts.len()];
+        let mut m = s.clone();
+        match op {
+            0 => {
+                if let Some(c) = m[at..].chars().next() {
+                    m.replace_range(at..at + c.len_utf8(), "");
+                }
+            }
+            1 => m.insert_str(at, &ins),
+            _ => {
+                if let Some(c) = m[at..].chars().next() {
+                    m.replace_range(at..at + c.len_utf8(), &ins);
+                }
+            }
+        }
+        if super::chunk_scan::surely_valid(&m) {
+            prop_assert!(serde_json::from_str::<Value>(&m).is_ok(), "{:?}", m);
+        }
+    }
+}
