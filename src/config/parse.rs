@@ -162,8 +162,8 @@ impl Parser<'_> {
 
     pub fn route_via(&mut self, name: &str, raw: Option<String>) -> bool {
         match raw.as_deref().map(str::trim) {
-            None | Some("") | Some("snapshot") => false,
-            Some("registry") => true,
+            None | Some("") | Some("registry") => true,
+            Some("snapshot") => false,
             Some(other) => {
                 self.fail(
                     name,

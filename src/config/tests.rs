@@ -49,6 +49,7 @@ fn defaults_and_overrides() {
     assert_eq!(c.health_check_interval, Duration::from_millis(30_000));
     assert_eq!(c.max_body_bytes, 10 * 1024 * 1024);
     assert_eq!(c.max_attempts, 2);
+    assert!(c.route_via_registry, "routing asks the registry by default");
     assert!(c.has_backends());
 }
 
