@@ -218,7 +218,7 @@ async fn sim_vllm(args: SimArgs) -> i32 {
     };
     match sim::start(listener, cfg).await {
         Ok(h) => {
-            info!(addr = %h.addr(), "simulated vLLM server ready");
+            println!("simulated vLLM server listening on http://{}", h.addr());
             shutdown_signal().await;
             h.shutdown();
             0

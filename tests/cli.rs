@@ -128,3 +128,117 @@ async fn serves_answers_healthcheck_and_stops_cleanly_on_sigterm() {
         .expect("healthcheck runs");
     assert!(!hc.success(), "healthcheck fails once the gateway is gone");
 }
+
+/// Spawn the binary and return the first `http://host:port` printed after `marker`.
+fn spawn_and_find_addr(mut cmd: Command, marker: &str) -> (std::process::Child, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("address printed");
+        if let Some(rest) = line.split(marker).nth(1) {
+            let addr: String = rest
+                .trim_start()
+                .trim_start_matches("http://")
+                .chars()
+                .take_while(|c| !c.is_whitespace())
+                .collect();
+            return (child, addr);
+        }
+    }
+}
+
+fn stop(mut child: std::process::Child) -> Option<i32> {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_simulated_models_and_repairs_tool_calls() {
+    let mut cmd = llmmux();
+    cmd.args(["demo"]).env("PORT", "0");
+    let (child, addr) = spawn_and_find_addr(cmd, "gateway on");
+    let base = format!("http://{addr}");
+    let c = client();
+    let ok = eventually(Duration::from_secs(10), || {
+        let c = c.clone();
+        let u = format!("{base}/v1/models");
+        async move {
+            match c.get(u).bearer_auth("sk-demo").send().await {
+                Ok(r) => r
+                    .text()
+                    .await
+                    .is_ok_and(|t| t.contains("qwen3-8b") && t.contains("llama-3.1-8b-instruct")),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    assert!(ok, "demo lists its models");
+    let req = serde_json::json!({"model": "qwen3-8b", "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]});
+    let v: serde_json::Value = c
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth("sk-demo")
+        .json(&req)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        v["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "get_weather",
+        "{v}"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(stop(child), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_vllm_subcommand_serves_like_vllm() {
+    let mut cmd = llmmux();
+    cmd.args([
+        "sim-vllm", "--port", "0", "--model", "tiny", "--tokens", "3",
+    ]);
+    let (child, addr) = spawn_and_find_addr(cmd, "listening on");
+    let v: serde_json::Value = client()
+        .get(format!("http://{addr}/v1/models"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["data"][0]["id"], "tiny");
+    assert_eq!(v["data"][0]["owned_by"], "vllm");
+    let r = client()
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 200);
+    assert_eq!(stop(child), Some(0));
+}

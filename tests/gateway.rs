@@ -552,3 +552,67 @@ async fn oversized_body_without_content_length_is_rejected() {
     assert_eq!(s.stats().inference_requests, 0, "nothing forwarded");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn global_concurrency_cap_answers_503_with_retry_after() {
+    let s = sim_with(&["m"], |c| c.latency_ms = 500).await;
+    let app = gateway(&[
+        ("BACKENDS", backends("m", &[&s])),
+        ("MAX_IN_FLIGHT", "1".into()),
+    ])
+    .await;
+    let first = tokio::spawn({
+        let u = url(&app, "/v1/chat/completions");
+        async move {
+            client()
+                .post(u)
+                .bearer_auth(KEY)
+                .json(&chat("m", false))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            s.stats().active_requests == 1
+        })
+        .await
+    );
+    let r = post(&app, "/v1/chat/completions", &chat("m", false)).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["error"]["code"], "overloaded");
+    assert_eq!(first.await.expect("join").expect("ok"), 200);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn unusable_upstream_ca_file_is_a_startup_error() {
+    let dir = std::env::temp_dir().join(format!("llmmux-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, "not a certificate").expect("write");
+    let mut vars: std::collections::HashMap<String, String> = base_vars()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    vars.insert("BACKENDS".into(), "m:127.0.0.1:9".into());
+    vars.insert("UPSTREAM_CA_FILE".into(), ca.display().to_string());
+    let env = move |k: &str| vars.get(k).cloned();
+    let cfg = llmmux::config::Config::load(&llmmux::config::Sources {
+        env: &env,
+        file: None,
+    })
+    .expect("file exists, so config is valid");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let err = llmmux::app::App::start(cfg, listener)
+        .await
+        .err()
+        .expect("start refuses a CA file without certificates");
+    assert!(err.to_string().contains("UPSTREAM_CA_FILE"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
