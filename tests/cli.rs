@@ -64,33 +64,17 @@ fn serve_without_backends_exits_2_and_suggests_the_demo() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_answers_healthcheck_and_stops_cleanly_on_sigterm() {
     let s = sim(&["m"]).await;
-    let mut child = llmmux()
-        .env("PORT", "0")
+    let mut cmd = llmmux();
+    cmd.env("PORT", "0")
         .env("HOST", "127.0.0.1")
         .env("BACKENDS", backends("m", &[&s]))
         .env("API_KEYS", KEY)
-        .env("LOG_FORMAT", "json")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
+        .env("LOG_FORMAT", "json");
+    let (child, addr) = Running::spawn_until(cmd, |line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        (v["fields"]["message"] == "llmmux listening")
+            .then(|| v["fields"]["addr"].as_str().map(str::to_owned))?
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let addr = loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("gateway logs its address");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["fields"]["message"] == "llmmux listening" {
-            break v["fields"]["addr"].as_str().expect("addr").to_owned();
-        }
-    };
     let base = format!("http://{addr}");
     let r = client()
         .post(format!("{base}/v1/chat/completions"))
@@ -105,23 +89,7 @@ async fn serves_answers_healthcheck_and_stops_cleanly_on_sigterm() {
         .status()
         .expect("healthcheck runs");
     assert!(hc.success());
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(term.success());
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert_eq!(status.code(), Some(0), "clean exit on SIGTERM");
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "gateway did not stop after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_eq!(child.stop(), Some(0), "clean exit on SIGTERM");
     let hc = llmmux()
         .args(["healthcheck", "--url", &format!("{base}/healthz")])
         .status()
@@ -129,57 +97,78 @@ async fn serves_answers_healthcheck_and_stops_cleanly_on_sigterm() {
     assert!(!hc.success(), "healthcheck fails once the gateway is gone");
 }
 
-/// Spawn the binary and return the first `http://host:port` printed after `marker`.
-fn spawn_and_find_addr(mut cmd: Command, marker: &str) -> (std::process::Child, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
+/// A child process that is killed and reaped if the test ends early.
+struct Running(std::process::Child);
+
+impl Running {
+    /// Spawn and wait (up to 20 s) for a stdout line that `find` accepts; return its answer.
+    fn spawn_until(mut cmd: Command, find: impl Fn(&str) -> Option<String>) -> (Running, String) {
+        let mut running = Running(
+            cmd.stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn"),
+        );
+        let stdout = running.0.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("expected output");
+            if let Some(found) = find(&line) {
+                return (running, found);
+            }
         }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("address printed");
-        if let Some(rest) = line.split(marker).nth(1) {
-            let addr: String = rest
-                .trim_start()
-                .trim_start_matches("http://")
-                .chars()
-                .take_while(|c| !c.is_whitespace())
-                .collect();
-            return (child, addr);
+    }
+
+    /// SIGTERM, then the exit code (None if it did not stop within 10 s).
+    fn stop(mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
+        None
     }
 }
 
-fn stop(mut child: std::process::Child) -> Option<i32> {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(10) {
-        if let Ok(Some(status)) = child.try_wait() {
-            return status.code();
-        }
-        std::thread::sleep(Duration::from_millis(50));
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
-    let _ = child.kill();
-    None
+}
+
+/// The `http://host:port` printed after `marker` on a line.
+fn addr_after(marker: &'static str) -> impl Fn(&str) -> Option<String> {
+    move |line| {
+        let rest = line.split(marker).nth(1)?;
+        Some(
+            rest.trim_start()
+                .trim_start_matches("http://")
+                .chars()
+                .take_while(|c| !c.is_whitespace())
+                .collect(),
+        )
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_simulated_models_and_repairs_tool_calls() {
     let mut cmd = llmmux();
     cmd.args(["demo"]).env("PORT", "0");
-    let (child, addr) = spawn_and_find_addr(cmd, "gateway on");
+    let (child, addr) = Running::spawn_until(cmd, addr_after("gateway on"));
     let base = format!("http://{addr}");
     let c = client();
     let ok = eventually(Duration::from_secs(10), || {
@@ -214,7 +203,7 @@ async fn demo_serves_simulated_models_and_repairs_tool_calls() {
         "{v}"
     );
     assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
-    assert_eq!(stop(child), Some(0));
+    assert_eq!(child.stop(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,7 +212,7 @@ async fn sim_vllm_subcommand_serves_like_vllm() {
     cmd.args([
         "sim-vllm", "--port", "0", "--model", "tiny", "--tokens", "3",
     ]);
-    let (child, addr) = spawn_and_find_addr(cmd, "listening on");
+    let (child, addr) = Running::spawn_until(cmd, addr_after("listening on"));
     let v: serde_json::Value = client()
         .get(format!("http://{addr}/v1/models"))
         .send()
@@ -240,5 +229,5 @@ async fn sim_vllm_subcommand_serves_like_vllm() {
         .await
         .expect("sent");
     assert_eq!(r.status(), 200);
-    assert_eq!(stop(child), Some(0));
+    assert_eq!(child.stop(), Some(0));
 }
