@@ -469,14 +469,10 @@ async fn hop_by_hop_and_client_credentials_not_forwarded() {
     app.shutdown().await;
 }
 
-#[tokio::test]
-async fn overload_is_rejected_with_retry_after() {
+/// With `cap_var=1` and one slow request in flight, a second request is refused at once.
+async fn second_request_refused(cap_var: &str, status: u16, code: &str) {
     let s = sim_with(&["m"], |c| c.latency_ms = 500).await;
-    let app = gateway(&[
-        ("BACKENDS", backends("m", &[&s])),
-        ("MAX_IN_FLIGHT_PER_SERVER", "1".into()),
-    ])
-    .await;
+    let app = gateway(&[("BACKENDS", backends("m", &[&s])), (cap_var, "1".into())]).await;
     let first = tokio::spawn({
         let u = url(&app, "/v1/chat/completions");
         async move {
@@ -496,10 +492,22 @@ async fn overload_is_rejected_with_retry_after() {
         .await
     );
     let r = post(&app, "/v1/chat/completions", &chat("m", false)).await;
-    assert_eq!(r.status(), 429);
+    assert_eq!(r.status(), status, "{cap_var}");
     assert!(r.headers().get("retry-after").is_some());
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["error"]["code"], code);
     assert_eq!(first.await.expect("join").expect("ok"), 200);
     app.shutdown().await;
+}
+
+#[tokio::test]
+async fn per_server_cap_answers_429_with_retry_after() {
+    second_request_refused("MAX_IN_FLIGHT_PER_SERVER", 429, "rate_limit_exceeded").await;
+}
+
+#[tokio::test]
+async fn global_concurrency_cap_answers_503_with_retry_after() {
+    second_request_refused("MAX_IN_FLIGHT", 503, "overloaded").await;
 }
 
 #[tokio::test]
@@ -550,41 +558,6 @@ async fn oversized_body_without_content_length_is_rejected() {
         .expect("sent");
     assert_eq!(r.status(), 413);
     assert_eq!(s.stats().inference_requests, 0, "nothing forwarded");
-    app.shutdown().await;
-}
-
-#[tokio::test]
-async fn global_concurrency_cap_answers_503_with_retry_after() {
-    let s = sim_with(&["m"], |c| c.latency_ms = 500).await;
-    let app = gateway(&[
-        ("BACKENDS", backends("m", &[&s])),
-        ("MAX_IN_FLIGHT", "1".into()),
-    ])
-    .await;
-    let first = tokio::spawn({
-        let u = url(&app, "/v1/chat/completions");
-        async move {
-            client()
-                .post(u)
-                .bearer_auth(KEY)
-                .json(&chat("m", false))
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-        }
-    });
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            s.stats().active_requests == 1
-        })
-        .await
-    );
-    let r = post(&app, "/v1/chat/completions", &chat("m", false)).await;
-    assert_eq!(r.status(), 503);
-    assert!(r.headers().get("retry-after").is_some());
-    let v: Value = r.json().await.expect("json");
-    assert_eq!(v["error"]["code"], "overloaded");
-    assert_eq!(first.await.expect("join").expect("ok"), 200);
     app.shutdown().await;
 }
 

@@ -239,12 +239,7 @@ impl Pump {
                         }
                     };
                     if !ok {
-                        break if ctx.cancel.is_cancelled() {
-                            self.fail_with("cancelled", GatewayError::Internal, CANCEL_WAIT)
-                                .await
-                        } else {
-                            "client_gone"
-                        };
+                        break self.send_failed(ctx).await;
                     }
                 }
                 Step::End => {
@@ -260,11 +255,7 @@ impl Pump {
                     break self.fail_with(why, e, ERROR_WAIT).await;
                 }
                 Step::ClientGone => break "client_gone",
-                Step::Cancelled => {
-                    break self
-                        .fail_with("cancelled", GatewayError::Internal, CANCEL_WAIT)
-                        .await
-                }
+                Step::Cancelled => break self.cancelled().await,
             }
         };
         (outcome, self.chunks)
@@ -278,12 +269,7 @@ impl Pump {
             match self.next(&mut upstream, ctx).await {
                 Step::Item(b) => {
                     if !self.send(b, ctx).await {
-                        break if ctx.cancel.is_cancelled() {
-                            self.fail_with("cancelled", GatewayError::Internal, CANCEL_WAIT)
-                                .await
-                        } else {
-                            "client_gone"
-                        };
+                        break self.send_failed(ctx).await;
                     }
                 }
                 Step::End => {
@@ -295,11 +281,7 @@ impl Pump {
                     break self.fail_with(why, e, ERROR_WAIT).await;
                 }
                 Step::ClientGone => break "client_gone",
-                Step::Cancelled => {
-                    break self
-                        .fail_with("cancelled", GatewayError::Internal, CANCEL_WAIT)
-                        .await
-                }
+                Step::Cancelled => break self.cancelled().await,
             }
         };
         (outcome, self.chunks)
@@ -313,6 +295,20 @@ impl Pump {
                 }
             }
         }
+    }
+
+    /// A send failed: either the client went away or the stream was cancelled meanwhile.
+    async fn send_failed(&mut self, ctx: &PumpCtx) -> &'static str {
+        if ctx.cancel.is_cancelled() {
+            self.cancelled().await
+        } else {
+            "client_gone"
+        }
+    }
+
+    async fn cancelled(&mut self) -> &'static str {
+        self.fail_with("cancelled", GatewayError::Internal, CANCEL_WAIT)
+            .await
     }
 
     /// Send the terminal error event (then the stream closes). A slow client gets at most
