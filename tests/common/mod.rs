@@ -11,6 +11,8 @@ use llmmux::config::{Config, Sources};
 use llmmux::sim::{self, SimConfig, SimHandle};
 use tokio::net::TcpListener;
 
+pub mod pg;
+
 pub const KEY: &str = "sk-test";
 pub const ADMIN: &str = "sk-admin";
 
