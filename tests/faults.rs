@@ -185,31 +185,40 @@ async fn passive_ejection_then_readmission_but_never_the_last_server() {
     let app = gateway(&[
         ("BACKENDS", backends("m", &[&a, &b])),
         ("HEALTH_CHECK_INTERVAL", "100".into()),
+        ("FAILURE_THRESHOLD", "3".into()),
     ])
     .await;
     all_healthy(&app).await;
     a.set_fault(Fault::Status(502));
-    for _ in 0..20 {
-        assert_eq!(
-            post(&app, "/v1/chat/completions", &chat("m", false))
-                .await
-                .status(),
-            200
-        );
+    // Concurrent traffic, so the failing server keeps being chosen while the sound one is
+    // busy (one client at a time would always prefer the sound one).
+    let body = chat("m", false);
+    for _ in 0..4 {
+        let wave: Vec<_> = (0..16)
+            .map(|_| post(&app, "/v1/chat/completions", &body))
+            .collect();
+        for r in futures_util::future::join_all(wave).await {
+            assert_eq!(r.status(), 200);
+        }
     }
     let ejected = app
         .state
+        .proxy
         .registry
         .table
         .wait_for(Duration::from_secs(5), |t| {
-            t.backends
-                .values()
-                .any(|e| matches!(e.health, llmmux_actors::table::HealthState::Ejected { .. }))
+            t.backends.values().any(|e| {
+                matches!(
+                    e.health(),
+                    llmmux_actors::table::HealthState::Ejected { .. }
+                )
+            })
         });
     assert!(ejected.await, "server A ejected after consecutive 502s");
     a.set_fault(Fault::None);
     let back = app
         .state
+        .proxy
         .registry
         .table
         .wait_for(Duration::from_secs(10), |t| {
@@ -240,6 +249,7 @@ async fn passive_ejection_then_readmission_but_never_the_last_server() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(app2
         .state
+        .proxy
         .registry
         .table
         .load()
@@ -267,6 +277,7 @@ async fn killed_server_is_taken_out_and_traffic_continues() {
     }
     let down = app
         .state
+        .proxy
         .registry
         .table
         .wait_for(Duration::from_secs(5), |t| {
@@ -352,7 +363,7 @@ async fn client_disconnect_cancels_upstream_stream_nonstream_and_before_first_to
         })
         .await
     );
-    let table = app.state.registry.table.load();
+    let table = app.state.proxy.registry.table.load();
     assert!(
         eventually(Duration::from_secs(5), || {
             let t = table.clone();
@@ -377,6 +388,7 @@ async fn discovery_adds_and_removes_models_while_traffic_runs() {
     let app = gateway(&[("VLLM_SERVERS", servers(&[&a]))]).await;
     assert!(
         app.state
+            .proxy
             .registry
             .table
             .wait_for(Duration::from_secs(5), |t| t.knows_model("base"))
@@ -406,6 +418,7 @@ async fn discovery_adds_and_removes_models_while_traffic_runs() {
     a.set_models(vec!["base".into(), "new-model".into()]);
     assert!(
         app.state
+            .proxy
             .registry
             .table
             .wait_for(Duration::from_secs(5), |t| t.knows_model("new-model"))
@@ -421,6 +434,7 @@ async fn discovery_adds_and_removes_models_while_traffic_runs() {
     a.set_models(vec!["base".into()]);
     assert!(
         app.state
+            .proxy
             .registry
             .table
             .wait_for(Duration::from_secs(5), |t| !t.knows_model("new-model"))
@@ -452,10 +466,17 @@ async fn static_backends_are_the_fallback_when_discovery_never_works() {
         ("BACKENDS", backends("static-only", &[&a])),
     ])
     .await;
-    assert!(app.state.registry.table.load().knows_model("static-only"));
+    assert!(app
+        .state
+        .proxy
+        .registry
+        .table
+        .load()
+        .knows_model("static-only"));
     // Discovery replaces them with what the server really lists.
     assert!(
         app.state
+            .proxy
             .registry
             .table
             .wait_for(Duration::from_secs(5), |t| t.knows_model("m"))
@@ -477,7 +498,7 @@ async fn graceful_shutdown_lets_streams_finish_and_flips_readiness() {
     let shutdown = tokio::spawn(app.shutdown());
     assert!(
         eventually(Duration::from_secs(2), || async {
-            state.draining.load(std::sync::atomic::Ordering::Relaxed)
+            state.lifecycle.is_draining()
         })
         .await
     );

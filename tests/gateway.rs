@@ -193,6 +193,7 @@ async fn errors_are_openai_shaped_with_right_status() {
     s.set_health(503);
     assert!(
         app.state
+            .proxy
             .registry
             .table
             .wait_for(Duration::from_secs(5), |t| t
@@ -220,6 +221,7 @@ async fn models_health_readiness_and_admin() {
     all_healthy(&app).await;
     assert!(
         app.state
+            .proxy
             .registry
             .table
             .wait_for(Duration::from_secs(5), |t| t.knows_model("m2"))
@@ -287,7 +289,7 @@ async fn models_health_readiness_and_admin() {
         200
     );
 
-    // Admin: keys, listing, drain.
+    // Admin: a valid client key is authenticated but not allowed (403); no key is 401.
     assert_eq!(
         c.get(url(&app, "/admin/backends"))
             .bearer_auth(KEY)
@@ -295,7 +297,7 @@ async fn models_health_readiness_and_admin() {
             .await
             .expect("sent")
             .status(),
-        401
+        403
     );
     let v: Value = c
         .get(url(&app, "/admin/backends"))
@@ -308,7 +310,7 @@ async fn models_health_readiness_and_admin() {
         .expect("json");
     assert_eq!(v["servers"].as_array().map(Vec::len), Some(2));
     let r = c
-        .post(url(&app, "/admin/backends/server-2/drain"))
+        .post(url(&app, &format!("/admin/backends/{}/drain", id_of(&b))))
         .bearer_auth(ADMIN)
         .send()
         .await
@@ -342,7 +344,7 @@ async fn models_health_readiness_and_admin() {
         "drained server gets no traffic"
     );
     assert_eq!(
-        c.post(url(&app, "/admin/backends/server-2/undrain"))
+        c.post(url(&app, &format!("/admin/backends/{}/undrain", id_of(&b))))
             .bearer_auth(ADMIN)
             .send()
             .await
@@ -386,7 +388,7 @@ async fn models_health_readiness_and_admin() {
         "refresh answers with fresh stats: {st}"
     );
     assert!(
-        app.state.registry.table.load().knows_model("m3"),
+        app.state.proxy.registry.table.load().knows_model("m3"),
         "refresh applied before answering"
     );
     app.shutdown().await;

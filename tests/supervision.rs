@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use llmmux::app::{ActorKind, App, Exit};
+use llmmux::app::{App, Exit};
+use llmmux::faults::ActorKind;
 
 /// Steady mixed traffic until stopped; returns (ok, failed).
 fn traffic(
@@ -54,7 +55,7 @@ fn traffic(
 }
 
 fn restarts(app: &App, key_prefix: &str) -> (u64, Option<f64>) {
-    let report = app.state.supervision.lock().expect("report");
+    let report = app.state.lifecycle.supervision.lock().expect("report");
     report
         .iter()
         .filter(|c| c.key.starts_with(key_prefix))
@@ -83,6 +84,7 @@ async fn crash_under_traffic(kind: ActorKind, key: &str, route_via: &str) {
         assert!(restarted.await, "{kind:?} restarted");
         let running = eventually(Duration::from_secs(5), || async {
             app.state
+                .lifecycle
                 .supervision
                 .lock()
                 .expect("report")
@@ -127,7 +129,7 @@ async fn registry_panics_cost_no_requests_via_snapshot_routing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_actor_panics_cost_no_requests() {
-    crash_under_traffic(ActorKind::Health, "health-server-1", "registry").await;
+    crash_under_traffic(ActorKind::Health, "health-", "registry").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +152,7 @@ async fn stream_actor_panic_fails_only_its_own_stream() {
     let victim = post(&app, "/v1/chat/completions", &chat("m", true)).await;
     assert!(
         eventually(Duration::from_secs(5), || async {
-            app.state.streams.live().await == 1
+            app.state.proxy.streams.live().await == 1
         })
         .await
     );
@@ -197,6 +199,7 @@ async fn crash_loop_escalates_and_stops_the_gateway() {
             // Wait for the replacement so the next crash reaches a live actor.
             let back = eventually(Duration::from_secs(10), || async {
                 app.state
+                    .lifecycle
                     .supervision
                     .lock()
                     .expect("report")
@@ -209,7 +212,7 @@ async fn crash_loop_escalates_and_stops_the_gateway() {
     tokio::time::timeout(Duration::from_secs(30), app.escalated())
         .await
         .expect("escalated after the restart budget");
-    assert!(app.state.escalated.load(Ordering::Relaxed));
+    assert!(app.state.lifecycle.is_escalated());
     let r = client().get(url(&app, "/readyz")).send().await;
     // The listener may already be closed; if it still answers, readiness is 503.
     if let Ok(r) = r {

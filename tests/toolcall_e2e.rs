@@ -79,7 +79,7 @@ async fn openai_sdk_sees_tool_calls_for_every_family() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let counters = app.state.toolcalls.snapshot().to_string();
+    let counters = app.state.proxy.toolcalls.snapshot().to_string();
     assert!(counters.contains("converted"), "{counters}");
     app.shutdown().await;
 }

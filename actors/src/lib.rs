@@ -2,9 +2,10 @@
 //!
 //! ```text
 //! RootActor                      restarts children from their ChildSpec (supervision.rs)
-//! ├── RegistryActor              single writer of backend state; publishes RoutingTable snapshots
-//! ├── DiscoveryActor             polls every vLLM server's /v1/models (level-triggered)
-//! ├── HealthActor × servers      active /health probes + passive trips; owns the breaker
+//! ├── RegistryActor              single writer of backend state and membership (breakers
+//! │                              included); publishes RoutingTable snapshots
+//! ├── DiscoveryActor             polls the discovered servers' /v1/models (level-triggered)
+//! ├── HealthActor × servers      active probes (timer and on demand), reported to the registry
 //! └── StreamSupervisor × shards  parents of the per-request StreamActors (never restarted)
 //! ```
 //!
@@ -18,6 +19,8 @@
 //! - Every request/reply goes through a handle method with a timeout.
 #![forbid(unsafe_code)]
 
+pub mod backend;
+pub mod breaker;
 pub mod discovery;
 pub mod health;
 pub mod ports;

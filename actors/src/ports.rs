@@ -4,20 +4,21 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::backend::BackendHandle;
 use crate::table::ModelCard;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Active health probe of one server (`GET /health`). `Err` carries a short reason that
-/// names no address.
+/// Active health probe of one server, as its [`crate::backend::HealthCheck`] says. `Err`
+/// carries a short reason that names no address.
 pub trait Prober: Send + Sync + 'static {
-    fn probe<'a>(&'a self, base_url: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    fn probe<'a>(&'a self, backend: &'a BackendHandle) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// Reads the models a server serves (`GET /v1/models`).
 pub trait ModelLister: Send + Sync + 'static {
     fn list_models<'a>(
         &'a self,
-        base_url: &'a str,
+        backend: &'a BackendHandle,
     ) -> BoxFuture<'a, Result<Vec<ModelCard>, String>>;
 }

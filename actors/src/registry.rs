@@ -1,9 +1,11 @@
-//! RegistryActor: the single writer of backend state.
+//! RegistryActor: the single writer of backend state and membership.
 //!
-//! It applies discovery results and health changes to its working copy of the routing table
-//! and publishes a new immutable snapshot (with a bumped generation) only when something
-//! changed. It starts from the last published snapshot, so a restart loses nothing and the
-//! hot path keeps routing from that snapshot while the actor is down.
+//! It applies discovery results, probe results and passive trips to its working copy of the
+//! routing table (the health state machine of every server lives here, so two observers can
+//! never both eject the last routable server of a model), adds and removes servers (starting
+//! and stopping their health actors through a [`HealthSpawner`]), and publishes a new
+//! immutable snapshot only when something changed. It starts from the last published
+//! snapshot, so a restart loses nothing and the hot path keeps routing meanwhile.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,10 +13,11 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
+use crate::backend::{BackendHandle, BackendId, BackendSpec};
+use crate::breaker::{EjectPolicy, HealthState};
 use crate::slot::Slot;
 use crate::table::{
-    BackendId, HealthState, InFlightGuard, ModelCard, ModelSource, PickError, RoutingTable,
-    SharedTable,
+    BackendEntry, InFlightGuard, ModelCard, ModelSource, PickError, RoutingTable, SharedTable,
 };
 
 pub enum RegistryMsg {
@@ -23,12 +26,27 @@ pub enum RegistryMsg {
         id: BackendId,
         result: Result<Vec<ModelCard>, String>,
     },
-    /// A health actor's verdict.
-    Health { id: BackendId, state: HealthState },
+    /// Result of one active probe.
+    Probed {
+        id: BackendId,
+        result: Result<(), String>,
+    },
+    /// The request path saw enough failures on this server; repeats are ignored.
+    PassiveTrip { id: BackendId },
     /// Admin drain/undrain; replies false for an unknown id.
     SetDrain {
         id: BackendId,
         drained: bool,
+        reply: RpcReplyPort<bool>,
+    },
+    /// Add a server at runtime.
+    Add {
+        spec: BackendSpec,
+        reply: RpcReplyPort<Result<(), MembershipError>>,
+    },
+    /// Remove a server (callers drain it first); replies false for an unknown id.
+    Remove {
+        id: BackendId,
         reply: RpcReplyPort<bool>,
     },
     /// Pick a server for `model`, reserving its in-flight slot.
@@ -39,33 +57,58 @@ pub enum RegistryMsg {
     },
     /// Replies with the generation once every earlier message is applied.
     Sync(RpcReplyPort<u64>),
-    /// Fault injection for supervision tests.
+    /// Fault injection for supervision tests and the chaos suite.
+    #[cfg(feature = "fault-injection")]
     Crash,
+}
+
+/// Why a server could not be added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    #[error("a server with id `{0}` already exists")]
+    DuplicateId(String),
+    #[error("server `{0}` already has this URL")]
+    DuplicateUrl(String),
+}
+
+/// Starts and stops the health actor of one server (implemented by the composition root,
+/// which owns the supervision tree).
+pub trait HealthSpawner: Send + Sync + 'static {
+    fn start(&self, backend: Arc<BackendHandle>);
+    fn stop(&self, id: &BackendId);
+}
+
+pub struct RegistryArgs {
+    pub shared: Arc<SharedTable>,
+    pub eject: EjectPolicy,
+    pub health: Arc<dyn HealthSpawner>,
+    /// This actor's own slot, given to new servers' handles for their passive trips.
+    pub slot: Slot<RegistryMsg>,
 }
 
 pub struct RegistryActor;
 
 pub struct RegistryState {
-    shared: Arc<SharedTable>,
+    args: RegistryArgs,
     table: Arc<RoutingTable>,
 }
 
 impl Actor for RegistryActor {
     type Msg = RegistryMsg;
     type State = RegistryState;
-    type Arguments = Arc<SharedTable>;
+    type Arguments = RegistryArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        shared: Arc<SharedTable>,
+        args: RegistryArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let table = shared.load();
+        let table = args.shared.load();
         info!(
             generation = table.generation,
             "registry started from the last published snapshot"
         );
-        Ok(RegistryState { shared, table })
+        Ok(RegistryState { args, table })
     }
 
     async fn handle(
@@ -76,10 +119,17 @@ impl Actor for RegistryActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RegistryMsg::Discovered { id, result } => state.apply_discovery(&id, result),
-            RegistryMsg::Health { id, state: health } => state.apply_health(&id, health),
+            RegistryMsg::Probed { id, result } => state.apply_probe(&id, result),
+            RegistryMsg::PassiveTrip { id } => state.apply_trip(&id),
             RegistryMsg::SetDrain { id, drained, reply } => {
                 let known = state.apply_drain(&id, drained);
                 let _ = reply.send(known);
+            }
+            RegistryMsg::Add { spec, reply } => {
+                let _ = reply.send(state.add(spec));
+            }
+            RegistryMsg::Remove { id, reply } => {
+                let _ = reply.send(state.remove(&id));
             }
             RegistryMsg::Route {
                 model,
@@ -91,6 +141,7 @@ impl Actor for RegistryActor {
             RegistryMsg::Sync(reply) => {
                 let _ = reply.send(state.table.generation);
             }
+            #[cfg(feature = "fault-injection")]
             RegistryMsg::Crash => panic!("fault injection: registry crash"),
         }
         Ok(())
@@ -100,11 +151,14 @@ impl Actor for RegistryActor {
 // === impl RegistryState ===
 
 impl RegistryState {
-    fn modify(
-        &mut self,
-        id: &BackendId,
-        f: impl FnOnce(&mut crate::table::BackendEntry) -> bool,
-    ) -> bool {
+    fn publish(&mut self, backends: std::collections::BTreeMap<BackendId, BackendEntry>) {
+        let next = RoutingTable::new(self.table.generation + 1, backends);
+        self.table = Arc::new(next.clone());
+        self.args.shared.publish(next);
+    }
+
+    /// Apply `f` to one entry; publish if it reports a change. False for an unknown id.
+    fn modify(&mut self, id: &BackendId, f: impl FnOnce(&mut BackendEntry) -> bool) -> bool {
         let Some(entry) = self.table.backends.get(id) else {
             return false;
         };
@@ -115,9 +169,7 @@ impl RegistryState {
         entry.last_change = Instant::now();
         let mut backends = self.table.backends.clone();
         backends.insert(id.clone(), entry);
-        let next = RoutingTable::new(self.table.generation + 1, backends);
-        self.table = Arc::new(next.clone());
-        self.shared.publish(next);
+        self.publish(backends);
         true
     }
 
@@ -146,16 +198,56 @@ impl RegistryState {
         }
     }
 
-    fn apply_health(&mut self, id: &BackendId, health: HealthState) {
+    fn apply_probe(&mut self, id: &BackendId, result: Result<(), String>) {
         let generation = self.table.generation;
+        let eject = self.args.eject;
         self.modify(id, |e| {
-            if e.health == health {
+            let before = e.health().clone();
+            e.breaker.on_probe(result, Instant::now(), &eject);
+            if *e.health() == before {
                 return false;
             }
-            info!(backend = %id, from = e.health.label(), to = health.label(), generation = generation + 1, "health changed");
-            e.health = health;
+            info!(backend = %id, from = before.label(), to = e.health().label(), generation = generation + 1, "health changed");
+            if matches!(e.health(), HealthState::Down { .. }) {
+                // Requests still waiting on a dead server are retried elsewhere at once.
+                e.handle.declare_dead();
+            }
             true
         });
+    }
+
+    fn apply_trip(&mut self, id: &BackendId) {
+        let Some(entry) = self.table.backends.get(id) else {
+            return;
+        };
+        if !entry.health().admits_traffic() {
+            return;
+        }
+        if let Some(model) = self.last_routable_model(id) {
+            info!(backend = %id, %model, "not ejecting: last routable server of a model");
+            entry.handle.reset_passive();
+            return;
+        }
+        let eject = self.args.eject;
+        let generation = self.table.generation;
+        self.modify(id, |e| {
+            e.breaker.eject(Instant::now(), &eject);
+            e.handle.reset_passive();
+            e.handle
+                .ejections_total
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            info!(backend = %id, ejections = e.breaker.ejections(), generation = generation + 1, "ejected after request failures");
+            true
+        });
+    }
+
+    /// A model for which `id` is the only routable server, if any.
+    fn last_routable_model(&self, id: &BackendId) -> Option<Arc<str>> {
+        let me = self.table.backends.get(id)?;
+        me.models
+            .iter()
+            .find(|m| self.table.routable_for(&m.id).all(|e| &e.handle.id == id))
+            .map(|m| m.id.clone())
     }
 
     fn apply_drain(&mut self, id: &BackendId, drained: bool) -> bool {
@@ -167,6 +259,47 @@ impl RegistryState {
             e.drained = drained;
             true
         })
+    }
+
+    fn add(&mut self, spec: BackendSpec) -> Result<(), MembershipError> {
+        if self.table.backends.contains_key(&spec.id) {
+            return Err(MembershipError::DuplicateId(spec.id.to_string()));
+        }
+        if let Some(e) = self
+            .table
+            .backends
+            .values()
+            .find(|e| e.handle.base_url == spec.base_url)
+        {
+            return Err(MembershipError::DuplicateUrl(e.handle.id.to_string()));
+        }
+        let handle = Arc::new(BackendHandle::new(&spec, self.args.slot.clone()));
+        let models = spec
+            .static_models
+            .iter()
+            .map(|m| ModelCard::bare(m))
+            .collect();
+        let mut backends = self.table.backends.clone();
+        backends.insert(
+            spec.id.clone(),
+            BackendEntry::new(handle.clone(), models, spec.discover),
+        );
+        info!(backend = %spec.id, generation = self.table.generation + 1, "server added");
+        self.publish(backends);
+        self.args.health.start(handle);
+        Ok(())
+    }
+
+    fn remove(&mut self, id: &BackendId) -> bool {
+        if !self.table.backends.contains_key(id) {
+            return false;
+        }
+        let mut backends = self.table.backends.clone();
+        backends.remove(id);
+        info!(backend = %id, generation = self.table.generation + 1, "server removed");
+        self.publish(backends);
+        self.args.health.stop(id);
+        true
     }
 }
 
@@ -217,29 +350,73 @@ impl RegistryHandle {
         self.table.load().pick(model, exclude, &mut rand::rng())
     }
 
-    /// Drain (true) or undrain a server. `Ok(false)`: no such server.
-    pub async fn set_drain(&self, id: BackendId, drained: bool) -> Result<bool, RegistryError> {
+    async fn call<T: Send + 'static>(
+        &self,
+        timeout: Duration,
+        msg: impl FnOnce(RpcReplyPort<T>) -> RegistryMsg,
+    ) -> Result<T, RegistryError> {
         let actor = self.slot.get().ok_or(RegistryError::Unavailable)?;
-        match actor
-            .call(
-                |reply| RegistryMsg::SetDrain { id, drained, reply },
-                Some(Duration::from_secs(2)),
-            )
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(known)) => Ok(known),
+        match actor.call(msg, Some(timeout)).await {
+            Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
             Ok(ractor::rpc::CallResult::Timeout) => Err(RegistryError::Timeout),
             _ => Err(RegistryError::Unavailable),
         }
     }
 
+    /// Drain (true) or undrain a server. `Ok(false)`: no such server.
+    pub async fn set_drain(&self, id: BackendId, drained: bool) -> Result<bool, RegistryError> {
+        self.call(Duration::from_secs(2), |reply| RegistryMsg::SetDrain {
+            id,
+            drained,
+            reply,
+        })
+        .await
+    }
+
+    /// Add a server; its health actor starts at once.
+    pub async fn add(
+        &self,
+        spec: BackendSpec,
+    ) -> Result<Result<(), MembershipError>, RegistryError> {
+        self.call(Duration::from_secs(2), |reply| RegistryMsg::Add {
+            spec,
+            reply,
+        })
+        .await
+    }
+
+    /// Drain a server, wait up to `grace` for its requests to finish, then remove it.
+    /// `Ok(false)`: no such server.
+    pub async fn drain_and_remove(
+        &self,
+        id: BackendId,
+        grace: Duration,
+    ) -> Result<bool, RegistryError> {
+        if !self.set_drain(id.clone(), true).await? {
+            return Ok(false);
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline {
+            let busy = self.table.load().backends.get(&id).is_some_and(|e| {
+                e.handle
+                    .in_flight
+                    .load(std::sync::atomic::Ordering::Acquire)
+                    > 0
+            });
+            if !busy {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.call(Duration::from_secs(2), |reply| RegistryMsg::Remove {
+            id,
+            reply,
+        })
+        .await
+    }
+
     /// Wait until the registry applied every message sent before this call.
     pub async fn sync(&self, timeout: Duration) -> Result<u64, RegistryError> {
-        let actor = self.slot.get().ok_or(RegistryError::Unavailable)?;
-        match actor.call(RegistryMsg::Sync, Some(timeout)).await {
-            Ok(ractor::rpc::CallResult::Success(g)) => Ok(g),
-            Ok(ractor::rpc::CallResult::Timeout) => Err(RegistryError::Timeout),
-            _ => Err(RegistryError::Unavailable),
-        }
+        self.call(timeout, RegistryMsg::Sync).await
     }
 }

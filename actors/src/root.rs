@@ -40,12 +40,21 @@ pub struct ChildReport {
 pub type SupervisionReport = Arc<Mutex<Vec<ChildReport>>>;
 
 pub enum RootMsg {
-    Restart { key: String, failed_at: Instant },
+    Restart {
+        key: String,
+        failed_at: Instant,
+    },
+    /// Start and supervise one more child (a server added at runtime).
+    Start(ChildSpec),
+    /// Stop a child for good (a server removed at runtime).
+    Stop(String),
 }
 
 pub struct RootArgs {
     pub children: Vec<ChildSpec>,
     pub report: SupervisionReport,
+    /// Published as soon as the root runs, so children can ask it to add or stop siblings.
+    pub slot: crate::slot::Slot<RootMsg>,
 }
 
 pub struct RootActor;
@@ -67,6 +76,7 @@ impl Actor for RootActor {
         myself: ActorRef<RootMsg>,
         args: RootArgs,
     ) -> Result<RootState, ActorProcessingErr> {
+        args.slot.set(myself.clone());
         let mut state = RootState {
             specs: HashMap::new(),
             running: HashMap::new(),
@@ -74,10 +84,7 @@ impl Actor for RootActor {
             report: args.report,
         };
         for spec in args.children {
-            let cell = (spec.start)(myself.get_cell()).await?;
-            state.running.insert(cell.get_id(), spec.key.clone());
-            state.set_report(&spec.key, |r| r.running = true);
-            state.specs.insert(spec.key.clone(), spec);
+            state.start(&myself, spec).await?;
         }
         Ok(state)
     }
@@ -97,7 +104,41 @@ impl Actor for RootActor {
         msg: RootMsg,
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
-        let RootMsg::Restart { key, failed_at } = msg;
+        let (key, failed_at) = match msg {
+            RootMsg::Restart { key, failed_at } => (key, failed_at),
+            RootMsg::Start(spec) => {
+                let key = spec.key.clone();
+                if state.specs.contains_key(&key) {
+                    return Ok(());
+                }
+                if let Err(e) = state.start(&myself, spec.clone()).await {
+                    warn!(child = %key, error = %e, "child failed to start");
+                    state.specs.insert(key.clone(), spec);
+                    state.on_child_exit(&myself, key, Instant::now());
+                }
+                return Ok(());
+            }
+            RootMsg::Stop(key) => {
+                state.specs.remove(&key);
+                state.books.remove(&key);
+                if let Ok(mut reports) = state.report.lock() {
+                    reports.retain(|r| r.key != key);
+                }
+                let ids: Vec<ActorId> = state
+                    .running
+                    .iter()
+                    .filter(|(_, k)| **k == key)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for child in myself.get_children() {
+                    if ids.contains(&child.get_id()) {
+                        state.running.remove(&child.get_id());
+                        child.stop(Some("removed".into()));
+                    }
+                }
+                return Ok(());
+            }
+        };
         let Some(spec) = state.specs.get(&key).cloned() else {
             return Ok(());
         };
@@ -145,6 +186,14 @@ impl Actor for RootActor {
 // === impl RootState ===
 
 impl RootState {
+    async fn start(&mut self, myself: &ActorRef<RootMsg>, spec: ChildSpec) -> Result<(), SpawnErr> {
+        let cell = (spec.start)(myself.get_cell()).await?;
+        self.running.insert(cell.get_id(), spec.key.clone());
+        self.set_report(&spec.key, |r| r.running = true);
+        self.specs.insert(spec.key.clone(), spec);
+        Ok(())
+    }
+
     fn on_child_exit(&mut self, myself: &ActorRef<RootMsg>, key: String, failed_at: Instant) {
         let Some(spec) = self.specs.get(&key) else {
             return;

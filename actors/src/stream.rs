@@ -9,35 +9,28 @@
 //! Stream actors are temporary: their supervisor never restarts them.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::ports::BoxFuture;
 use crate::slot::Slot;
 
-/// What a pump reports to its actor.
+/// What a pump reports to its actor. Timings, usage and the way the stream ended go into
+/// the request's outcome record, not through the mailbox.
 #[derive(Debug)]
 pub enum PumpEvent {
-    FirstByte,
-    Usage {
-        prompt_tokens: u64,
-        completion_tokens: u64,
-    },
-    /// The stream ended; `outcome` is a short machine-friendly word (`ok`, `client_gone`, ...).
-    Finished {
-        outcome: &'static str,
-        chunks: u64,
-    },
+    /// The stream ended.
+    Finished,
 }
 
 pub enum StreamMsg {
     Pump(PumpEvent),
     /// End the stream early (shutdown, admin); the client gets an SSE error event.
     Cancel(String),
-    /// Fault injection for supervision tests.
+    /// Fault injection for supervision tests and the chaos suite.
+    #[cfg(feature = "fault-injection")]
     Crash,
 }
 
@@ -60,9 +53,6 @@ pub struct StreamState {
     request_id: String,
     cancel: CancellationToken,
     _cancel_on_drop: DropGuard,
-    started: Instant,
-    first_byte_ms: Option<u128>,
-    usage: Option<(u64, u64)>,
 }
 
 impl Actor for StreamActor {
@@ -85,9 +75,6 @@ impl Actor for StreamActor {
             request_id: job.request_id,
             _cancel_on_drop: cancel.clone().drop_guard(),
             cancel,
-            started: Instant::now(),
-            first_byte_ms: None,
-            usage: None,
         })
     }
 
@@ -98,31 +85,12 @@ impl Actor for StreamActor {
         state: &mut StreamState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            StreamMsg::Pump(PumpEvent::FirstByte) => {
-                state.first_byte_ms = Some(state.started.elapsed().as_millis())
-            }
-            StreamMsg::Pump(PumpEvent::Usage {
-                prompt_tokens,
-                completion_tokens,
-            }) => {
-                state.usage = Some((prompt_tokens, completion_tokens));
-            }
-            StreamMsg::Pump(PumpEvent::Finished { outcome, chunks }) => {
-                info!(
-                    request_id = %state.request_id,
-                    outcome,
-                    chunks,
-                    first_byte_ms = ?state.first_byte_ms,
-                    usage = ?state.usage,
-                    duration_ms = state.started.elapsed().as_millis() as u64,
-                    "stream finished"
-                );
-                myself.stop(None);
-            }
+            StreamMsg::Pump(PumpEvent::Finished) => myself.stop(None),
             StreamMsg::Cancel(reason) => {
                 warn!(request_id = %state.request_id, %reason, "stream cancelled");
                 state.cancel.cancel();
             }
+            #[cfg(feature = "fault-injection")]
             StreamMsg::Crash => panic!("fault injection: stream actor crash"),
         }
         Ok(())
@@ -133,6 +101,7 @@ pub enum StreamSupervisorMsg {
     Live(RpcReplyPort<usize>),
     CancelAll(String),
     /// Fault injection: crash one live stream actor; replies whether there was one.
+    #[cfg(feature = "fault-injection")]
     CrashOne(RpcReplyPort<bool>),
 }
 
@@ -170,6 +139,7 @@ impl Actor for StreamSupervisor {
                     let _ = child.send_message(StreamMsg::Cancel(reason.clone()));
                 }
             }
+            #[cfg(feature = "fault-injection")]
             StreamSupervisorMsg::CrashOne(reply) => {
                 let child = myself.get_children().into_iter().next();
                 let found = child.is_some_and(|c| c.send_message(StreamMsg::Crash).is_ok());
@@ -247,6 +217,7 @@ impl StreamSpawner {
     }
 
     /// Fault injection: crash one live stream actor in any shard.
+    #[cfg(feature = "fault-injection")]
     pub async fn crash_one(&self) -> bool {
         for slot in self.shards.iter() {
             if let Some(sup) = slot.get() {

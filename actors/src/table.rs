@@ -5,8 +5,6 @@
 //! counts survive every republish.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,27 +12,9 @@ use arc_swap::ArcSwap;
 use rand::Rng;
 use tokio::sync::watch;
 
-use crate::health::HealthMsg;
-use crate::slot::Slot;
-
-/// Stable, URL-free name of one vLLM server (shown in /healthz and admin output).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct BackendId(pub Arc<str>);
-
-impl BackendId {
-    pub fn new(s: impl Into<Arc<str>>) -> Self {
-        Self(s.into())
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for BackendId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::backend::{BackendHandle, BackendId, InFlightGuard};
+use crate::breaker::Breaker;
+pub use crate::breaker::HealthState;
 
 /// One model a server serves. `card` is the server's `/v1/models` entry as JSON text, kept
 /// opaque here so the front end can return vLLM's extra fields.
@@ -53,37 +33,6 @@ impl ModelCard {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HealthState {
-    /// Not probed yet: admitted optimistically so a fresh gateway serves at once.
-    Unknown,
-    Healthy,
-    /// The last active probe failed; re-admitted after the next successful probe.
-    Down {
-        reason: String,
-    },
-    /// Taken out after consecutive request failures; re-admitted by a successful probe
-    /// once `until` passed.
-    Ejected {
-        until: Instant,
-        ejections: u32,
-    },
-}
-
-impl HealthState {
-    pub fn admits_traffic(&self) -> bool {
-        matches!(self, HealthState::Unknown | HealthState::Healthy)
-    }
-    pub fn label(&self) -> &'static str {
-        match self {
-            HealthState::Unknown => "unknown",
-            HealthState::Healthy => "healthy",
-            HealthState::Down { .. } => "down",
-            HealthState::Ejected { .. } => "ejected",
-        }
-    }
-}
-
 /// Where a server's model list came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModelSource {
@@ -91,102 +40,12 @@ pub enum ModelSource {
     Discovered,
 }
 
-/// Shared per-server handle: static identity plus the counters the hot path updates.
-pub struct BackendHandle {
-    pub id: BackendId,
-    pub base_url: Arc<str>,
-    pub max_in_flight: u32,
-    pub in_flight: AtomicU32,
-    pub consecutive_failures: AtomicU32,
-    pub requests_total: AtomicU64,
-    pub failures_total: AtomicU64,
-    /// The server's health actor, for passive trips from the request path.
-    pub health: Slot<HealthMsg>,
-    /// How many consecutive request failures trip a passive ejection.
-    pub failure_threshold: u32,
-}
-
-impl fmt::Debug for BackendHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BackendHandle")
-            .field("id", &self.id)
-            .finish()
-    }
-}
-
-impl BackendHandle {
-    pub fn new(id: BackendId, base_url: &str, max_in_flight: u32, failure_threshold: u32) -> Self {
-        Self {
-            id,
-            base_url: base_url.into(),
-            max_in_flight,
-            in_flight: AtomicU32::new(0),
-            consecutive_failures: AtomicU32::new(0),
-            requests_total: AtomicU64::new(0),
-            failures_total: AtomicU64::new(0),
-            health: Slot::default(),
-            failure_threshold,
-        }
-    }
-
-    /// Reserve a request slot, unless the server is at its cap.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<InFlightGuard> {
-        let mut cur = self.in_flight.load(Ordering::Relaxed);
-        loop {
-            if self.max_in_flight != 0 && cur >= self.max_in_flight {
-                return None;
-            }
-            match self.in_flight.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    self.requests_total.fetch_add(1, Ordering::Relaxed);
-                    return Some(InFlightGuard(self.clone()));
-                }
-                Err(actual) => cur = actual,
-            }
-        }
-    }
-
-    /// Passive health signal from real traffic. A server-side failure counts toward a trip;
-    /// the crossing of the threshold sends exactly one message to the health actor.
-    pub fn record_outcome(&self, server_failure: bool) {
-        if server_failure {
-            self.failures_total.fetch_add(1, Ordering::Relaxed);
-            let n = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
-            if n == self.failure_threshold {
-                self.health.cast(HealthMsg::PassiveTrip);
-            }
-        } else if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
-            self.consecutive_failures.store(0, Ordering::Release);
-        }
-    }
-}
-
-/// RAII in-flight slot; lives inside the response body so a disconnect or panic releases it.
-#[derive(Debug)]
-pub struct InFlightGuard(Arc<BackendHandle>);
-
-impl InFlightGuard {
-    pub fn backend(&self) -> &Arc<BackendHandle> {
-        &self.0
-    }
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// One server's entry in a snapshot.
 #[derive(Clone, Debug)]
 pub struct BackendEntry {
     pub handle: Arc<BackendHandle>,
-    pub health: HealthState,
+    /// Health state machine; only the registry moves it.
+    pub breaker: Breaker,
     pub drained: bool,
     pub models: Vec<ModelCard>,
     pub model_source: ModelSource,
@@ -198,8 +57,30 @@ pub struct BackendEntry {
 }
 
 impl BackendEntry {
+    /// A server just added: not probed yet, serving its static models.
+    pub fn new(
+        handle: Arc<BackendHandle>,
+        static_models: Vec<ModelCard>,
+        discovered: bool,
+    ) -> Self {
+        Self {
+            handle,
+            breaker: Breaker::default(),
+            drained: false,
+            models: static_models.clone(),
+            model_source: ModelSource::Static,
+            static_models,
+            discovered,
+            last_change: Instant::now(),
+        }
+    }
+
+    pub fn health(&self) -> &HealthState {
+        &self.breaker.state
+    }
+
     pub fn routable(&self) -> bool {
-        self.health.admits_traffic() && !self.drained
+        self.health().admits_traffic() && !self.drained
     }
 }
 
@@ -255,8 +136,9 @@ impl RoutingTable {
             .filter(|e| e.routable())
     }
 
-    /// Power of two choices over admitted servers not in `exclude`, by fewest in-flight
-    /// requests; the winner's slot is reserved before returning.
+    /// Power of two choices over admitted servers not in `exclude`, by lowest
+    /// [`BackendHandle::cost`] (in-flight requests inflated by recent failures); the
+    /// winner's slot is reserved before returning.
     pub fn pick<R: Rng + ?Sized>(
         &self,
         model: &str,
@@ -285,8 +167,7 @@ impl RoutingTable {
                 if b >= a {
                     b += 1;
                 }
-                let load = |i: usize| candidates[i].in_flight.load(Ordering::Relaxed);
-                if load(b) < load(a) {
+                if candidates[b].cost() < candidates[a].cost() {
                     b
                 } else {
                     a
@@ -349,6 +230,8 @@ impl SharedTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{BackendSpec, HealthCheck, Observed, PassivePolicy};
+    use crate::slot::Slot;
     use proptest::prelude::*;
     use rand::SeedableRng;
 
@@ -358,34 +241,36 @@ mod tests {
         health: HealthState,
         cap: u32,
     ) -> (BackendId, BackendEntry) {
-        let bid = BackendId::new(id);
+        let spec = BackendSpec {
+            id: BackendId::new(id),
+            base_url: "http://x".into(),
+            static_models: vec![],
+            discover: false,
+            max_in_flight: cap,
+            health: HealthCheck::Passive,
+            passive: PassivePolicy::default(),
+            ext: Arc::new(()),
+        };
         let models: Vec<ModelCard> = models.iter().map(|m| ModelCard::bare(m)).collect();
-        (
-            bid.clone(),
-            BackendEntry {
-                handle: Arc::new(BackendHandle::new(bid, "http://x", cap, 5)),
-                health,
-                drained: false,
-                static_models: models.clone(),
-                models,
-                model_source: ModelSource::Static,
-                discovered: false,
-                last_change: Instant::now(),
-            },
-        )
+        let mut e = BackendEntry::new(
+            Arc::new(BackendHandle::new(&spec, Slot::default())),
+            models,
+            false,
+        );
+        e.breaker = Breaker::new(health);
+        (spec.id, e)
+    }
+
+    fn table(entries: Vec<(BackendId, BackendEntry)>) -> RoutingTable {
+        RoutingTable::new(1, entries.into_iter().collect())
     }
 
     #[test]
     fn unknown_no_healthy_and_capacity_errors() {
-        let t = RoutingTable::new(
-            1,
-            [
-                entry("a", &["m"], HealthState::Down { reason: "x".into() }, 0),
-                entry("b", &["n"], HealthState::Healthy, 1),
-            ]
-            .into_iter()
-            .collect(),
-        );
+        let t = table(vec![
+            entry("a", &["m"], HealthState::Down { reason: "x".into() }, 0),
+            entry("b", &["n"], HealthState::Healthy, 1),
+        ]);
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         assert_eq!(
             t.pick("zz", &[], &mut rng).err(),
@@ -401,6 +286,16 @@ mod tests {
         assert!(t.pick("n", &[], &mut rng).is_ok());
     }
 
+    fn count_picks(t: &RoutingTable, n: usize, seed: u64) -> BTreeMap<String, usize> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut counts = BTreeMap::new();
+        for _ in 0..n {
+            let g = t.pick("m", &[], &mut rng).expect("routable");
+            *counts.entry(g.backend().id.to_string()).or_insert(0) += 1;
+        }
+        counts
+    }
+
     proptest! {
         /// pick() never returns a server that is not admitted, excluded, or lacks the model,
         /// and never exceeds a cap.
@@ -410,13 +305,13 @@ mod tests {
             exclude_mask in any::<u8>(),
             seed in any::<u64>(),
         ) {
-            let backends: BTreeMap<_, _> = states.iter().enumerate().map(|(i, (h, serves, cap))| {
+            let entries = states.iter().enumerate().map(|(i, (h, serves, cap))| {
                 let health = match h { 0 => HealthState::Unknown, 1 => HealthState::Healthy,
                     2 => HealthState::Down{reason: String::new()}, _ => HealthState::Ejected{until: Instant::now(), ejections: 1} };
                 let models: &[&str] = if *serves { &["m"] } else { &["other"] };
                 entry(&format!("b{i}"), models, health, *cap)
             }).collect();
-            let t = RoutingTable::new(1, backends);
+            let t = table(entries);
             let exclude: Vec<BackendId> = (0..8).filter(|i| exclude_mask & (1 << i) != 0).map(|i| BackendId::new(format!("b{i}"))).collect();
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let mut guards = Vec::new();
@@ -428,7 +323,7 @@ mod tests {
                         prop_assert!(!exclude.contains(&e.handle.id));
                         prop_assert!(e.models.iter().any(|m| &*m.id == "m"));
                         let cap = e.handle.max_in_flight;
-                        prop_assert!(cap == 0 || e.handle.in_flight.load(Ordering::Relaxed) <= cap);
+                        prop_assert!(cap == 0 || e.handle.in_flight.load(std::sync::atomic::Ordering::Relaxed) <= cap);
                         guards.push(g);
                     }
                     Err(_) => break,
@@ -436,14 +331,38 @@ mod tests {
             }
         }
 
-        /// Two equal servers share load roughly evenly under P2C.
+        /// Equal, idle servers share load evenly: the distribution, not an alternation.
         #[test]
-        fn p2c_spreads_load(seed in any::<u64>()) {
-            let t = RoutingTable::new(1, [entry("a", &["m"], HealthState::Healthy, 0), entry("b", &["m"], HealthState::Healthy, 0)].into_iter().collect());
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let guards: Vec<_> = (0..100).filter_map(|_| t.pick("m", &[], &mut rng).ok()).collect();
-            let a = guards.iter().filter(|g| g.backend().id.as_str() == "a").count();
-            prop_assert!((40..=60).contains(&a), "a got {a}");
+        fn p2c_spreads_load_evenly(seed in any::<u64>()) {
+            let t = table((0..4).map(|i| entry(&format!("s{i}"), &["m"], HealthState::Healthy, 0)).collect());
+            let counts = count_picks(&t, 4000, seed);
+            prop_assert_eq!(counts.len(), 4);
+            for (id, n) in &counts {
+                // mean 1000, sd ≈ 27: ±200 is over 7 sd.
+                prop_assert!((800..=1200).contains(n), "{id} got {n}: {counts:?}");
+            }
+        }
+
+        /// A server failing half its requests loses most comparisons to a sound one, even
+        /// when the sound one is busier (it gets traffic again as its failure rate decays).
+        #[test]
+        fn recent_failures_weigh_in_the_choice(seed in any::<u64>()) {
+            let t = table(vec![
+                entry("flaky", &["m"], HealthState::Healthy, 0),
+                entry("sound", &["m"], HealthState::Healthy, 0),
+            ]);
+            let flaky = t.backends[&BackendId::new("flaky")].handle.clone();
+            let sound = t.backends[&BackendId::new("sound")].handle.clone();
+            for i in 0..40 {
+                flaky.observe(if i % 2 == 0 { Observed::ServerFailure } else { Observed::Success });
+                sound.observe(Observed::Success);
+            }
+            // The sound server carries 4 requests, the flaky one none.
+            let busy: Vec<_> = (0..4).filter_map(|_| sound.try_acquire()).collect();
+            let counts = count_picks(&t, 1000, seed);
+            let f = counts.get("flaky").copied().unwrap_or(0);
+            prop_assert!(f < 250, "flaky got {f} of 1000");
+            drop(busy);
         }
     }
 }

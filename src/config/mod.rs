@@ -6,6 +6,7 @@
 //! [`Config::load`] collects every problem as a [`ConfigError`] naming the variable, so the
 //! operator sees all of them at once; only a [`ValidatedConfig`] can start the gateway.
 
+mod live;
 mod parse;
 mod secret;
 mod yaml;
@@ -15,9 +16,10 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use live::LiveConfig;
 pub use parse::{normalize_base_url, parse_backends, StaticBackend};
 pub use secret::Secret;
-pub use yaml::ServerOptions;
+pub use yaml::{HealthOption, ServerOptions};
 
 use crate::toolcall::{FormatRules, Options as ToolOptions};
 
@@ -80,6 +82,26 @@ pub struct Config {
     pub route_via_registry: bool,
     pub tool_call_formats: FormatRules,
     pub tool_call_options: ToolOptions,
+    // --- failover and liveness ---
+    /// Retries allowed per model: this percentage of recent requests...
+    pub retry_budget_percent: u32,
+    /// ...plus this reserve per second, over `retry_budget_ttl`.
+    pub retry_budget_min_per_sec: u32,
+    pub retry_budget_ttl: Duration,
+    /// Recent failure rate (percent) that ejects a server.
+    pub failure_rate_percent: u32,
+    pub stream_keepalive_interval: Duration,
+    pub no_backend_wait: Duration,
+    pub on_demand_probe_interval: Duration,
+    pub sse_max_event_bytes: usize,
+    // --- front door ---
+    /// `None`: derived from the file-descriptor limit at start.
+    pub max_connections: Option<usize>,
+    pub client_send_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub keepalive_timeout: Duration,
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
 }
 
 /// A configuration that passed validation; the only thing `App::build` accepts.
@@ -222,16 +244,30 @@ impl ValidatedConfig {
             "TOOL_CALL_HARMONY_STRIPPED",
             c.tool_call_options.harmony_stripped_recovery.to_string(),
         );
+        line("RETRY_BUDGET_PERCENT", c.retry_budget_percent.to_string());
+        line(
+            "RETRY_BUDGET_MIN_PER_SEC",
+            c.retry_budget_min_per_sec.to_string(),
+        );
+        line("RETRY_BUDGET_TTL", ms(c.retry_budget_ttl));
+        line("FAILURE_RATE_PERCENT", c.failure_rate_percent.to_string());
+        line("STREAM_KEEPALIVE_INTERVAL", ms(c.stream_keepalive_interval));
+        line("NO_BACKEND_WAIT", ms(c.no_backend_wait));
+        line("ON_DEMAND_PROBE_INTERVAL", ms(c.on_demand_probe_interval));
+        line("SSE_MAX_EVENT_BYTES", c.sse_max_event_bytes.to_string());
+        line(
+            "MAX_CONNECTIONS",
+            c.max_connections
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "(from the file limit)".into()),
+        );
+        line("CLIENT_SEND_TIMEOUT", ms(c.client_send_timeout));
+        line("MAX_HEADER_BYTES", c.max_header_bytes.to_string());
+        line("KEEPALIVE_TIMEOUT", ms(c.keepalive_timeout));
+        line("HTTP2_KEEPALIVE_INTERVAL", ms(c.http2_keepalive_interval));
+        line("HTTP2_KEEPALIVE_TIMEOUT", ms(c.http2_keepalive_timeout));
         for s in &c.server_options {
-            line(
-                "servers[]",
-                format!(
-                    "url={} models={} max_in_flight={}",
-                    s.url,
-                    s.models.join("|"),
-                    s.max_in_flight.map(|n| n.to_string()).unwrap_or_default()
-                ),
-            );
+            line("servers[]", s.render_masked());
         }
         out
     }
@@ -351,6 +387,46 @@ impl Config {
                     false,
                 ),
             },
+            retry_budget_percent: p.num("RETRY_BUDGET_PERCENT", v!("RETRY_BUDGET_PERCENT"), 20u32),
+            retry_budget_min_per_sec: p.num(
+                "RETRY_BUDGET_MIN_PER_SEC",
+                v!("RETRY_BUDGET_MIN_PER_SEC"),
+                10u32,
+            ),
+            retry_budget_ttl: p.ms("RETRY_BUDGET_TTL", v!("RETRY_BUDGET_TTL"), 10_000),
+            failure_rate_percent: p.num("FAILURE_RATE_PERCENT", v!("FAILURE_RATE_PERCENT"), 50u32),
+            stream_keepalive_interval: p.ms(
+                "STREAM_KEEPALIVE_INTERVAL",
+                v!("STREAM_KEEPALIVE_INTERVAL"),
+                15_000,
+            ),
+            no_backend_wait: p.ms("NO_BACKEND_WAIT", v!("NO_BACKEND_WAIT"), 1_000),
+            on_demand_probe_interval: p.ms(
+                "ON_DEMAND_PROBE_INTERVAL",
+                v!("ON_DEMAND_PROBE_INTERVAL"),
+                1_000,
+            ),
+            sse_max_event_bytes: p.num(
+                "SSE_MAX_EVENT_BYTES",
+                v!("SSE_MAX_EVENT_BYTES"),
+                4 * 1024 * 1024usize,
+            ),
+            max_connections: v!("MAX_CONNECTIONS")
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| p.num("MAX_CONNECTIONS", Some(s), 0usize)),
+            client_send_timeout: p.ms("CLIENT_SEND_TIMEOUT", v!("CLIENT_SEND_TIMEOUT"), 60_000),
+            max_header_bytes: p.num("MAX_HEADER_BYTES", v!("MAX_HEADER_BYTES"), 64 * 1024usize),
+            keepalive_timeout: p.ms("KEEPALIVE_TIMEOUT", v!("KEEPALIVE_TIMEOUT"), 75_000),
+            http2_keepalive_interval: p.ms(
+                "HTTP2_KEEPALIVE_INTERVAL",
+                v!("HTTP2_KEEPALIVE_INTERVAL"),
+                20_000,
+            ),
+            http2_keepalive_timeout: p.ms(
+                "HTTP2_KEEPALIVE_TIMEOUT",
+                v!("HTTP2_KEEPALIVE_TIMEOUT"),
+                10_000,
+            ),
         };
         errors.extend(file_errors.into_inner());
         errors.extend(validate(&cfg));
@@ -392,6 +468,13 @@ fn validate(c: &Config) -> Vec<ConfigError> {
         ("BODY_READ_TIMEOUT", c.body_read_timeout),
         ("HEADER_READ_TIMEOUT", c.header_read_timeout),
         ("HEALTH_PROBE_TIMEOUT", c.health_probe_timeout),
+        ("RETRY_BUDGET_TTL", c.retry_budget_ttl),
+        ("STREAM_KEEPALIVE_INTERVAL", c.stream_keepalive_interval),
+        ("ON_DEMAND_PROBE_INTERVAL", c.on_demand_probe_interval),
+        ("CLIENT_SEND_TIMEOUT", c.client_send_timeout),
+        ("KEEPALIVE_TIMEOUT", c.keepalive_timeout),
+        ("HTTP2_KEEPALIVE_INTERVAL", c.http2_keepalive_interval),
+        ("HTTP2_KEEPALIVE_TIMEOUT", c.http2_keepalive_timeout),
     ] {
         if d.is_zero() {
             err(name, "must be greater than 0 ms");
@@ -402,6 +485,35 @@ fn validate(c: &Config) -> Vec<ConfigError> {
     }
     if c.failure_threshold == 0 {
         err("FAILURE_THRESHOLD", "must be at least 1");
+    }
+    if c.retry_budget_percent > 100 {
+        err("RETRY_BUDGET_PERCENT", "must be between 0 and 100");
+    }
+    if !(1..=100).contains(&c.failure_rate_percent) {
+        err("FAILURE_RATE_PERCENT", "must be between 1 and 100");
+    }
+    if c.sse_max_event_bytes < 1024 {
+        err("SSE_MAX_EVENT_BYTES", "must be at least 1024");
+    }
+    if c.max_connections == Some(0) {
+        err(
+            "MAX_CONNECTIONS",
+            "must be greater than 0 (unset it to derive it from the file limit)",
+        );
+    }
+    if !(8 * 1024..=1024 * 1024).contains(&c.max_header_bytes) {
+        err("MAX_HEADER_BYTES", "must be between 8192 and 1048576");
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for s in &c.server_options {
+        for reason in s.problems() {
+            err("servers", &format!("{}: {reason}", s.url));
+        }
+        if let Some(n) = &s.name {
+            if !names.insert(n.clone()) {
+                err("servers", &format!("the name {n:?} is used twice"));
+            }
+        }
     }
     if c.enable_cors && c.cors_origins == CorsOrigins::List(Vec::new()) {
         err(

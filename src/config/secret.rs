@@ -23,3 +23,9 @@ impl fmt::Debug for Secret {
         f.write_str("Secret(****)")
     }
 }
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret::new)
+    }
+}

@@ -6,14 +6,18 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::ConfigError;
+use super::{ConfigError, Secret};
 
-/// Per-server options (YAML only).
+/// Per-server options (YAML `servers:` list, and the body of `POST /admin/backends`), for
+/// vLLM and other OpenAI-compatible engines and providers.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerOptions {
-    /// `host:port` or URL of a vLLM server.
+    /// `host:port` or URL of the server.
     pub url: String,
+    /// Readable id (letters, digits, `.`, `_`, `-`); derived from the URL when absent.
+    #[serde(default)]
+    pub name: Option<String>,
     /// Static models for this server (fallback when discovery fails).
     #[serde(default)]
     pub models: Vec<String>,
@@ -23,10 +27,127 @@ pub struct ServerOptions {
     /// Override of MAX_IN_FLIGHT_PER_SERVER for this server.
     #[serde(default)]
     pub max_in_flight: Option<u32>,
+    /// Bearer key sent to this server (instead of VLLM_API_KEY).
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// File holding the key (for secrets mounted as files).
+    #[serde(default)]
+    pub api_key_file: Option<String>,
+    /// Active health check: a path (`/health`, the default), `models` (probe
+    /// `GET /v1/models`) or `none` (passive signals only).
+    #[serde(default)]
+    pub health: Option<String>,
+    /// Extra request headers for this server.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 fn yes() -> bool {
     true
+}
+
+/// How a server's liveness is checked, from the `health` option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthOption {
+    Path(String),
+    Models,
+    None,
+}
+
+impl ServerOptions {
+    pub fn health(&self) -> Result<HealthOption, String> {
+        match self.health.as_deref().map(str::trim) {
+            None | Some("") => Ok(HealthOption::Path("/health".into())),
+            Some("models") => Ok(HealthOption::Models),
+            Some("none") => Ok(HealthOption::None),
+            Some(p)
+                if p.starts_with('/')
+                    && !p.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+            {
+                Ok(HealthOption::Path(p.to_owned()))
+            }
+            Some(other) => Err(format!(
+                "health: expected a path like /health, `models` or `none`, got {other:?}"
+            )),
+        }
+    }
+
+    /// The key from `api_key` or `api_key_file`.
+    pub fn key(&self) -> Result<Option<Secret>, String> {
+        match (&self.api_key, &self.api_key_file) {
+            (Some(_), Some(_)) => Err("set api_key or api_key_file, not both".into()),
+            (Some(k), None) => Ok(Some(k.clone())),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|s| Some(Secret::new(s.trim())))
+                .map_err(|e| format!("api_key_file: cannot read {path}: {e}")),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Every problem with these options (the URL is checked where it is normalized).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Err(e) = super::normalize_base_url(&self.url) {
+            out.push(format!("url: {e}"));
+        }
+        if let Some(n) = &self.name {
+            if !llmmux_actors::backend::BackendId::is_valid(n) {
+                out.push(format!(
+                    "name {n:?}: use letters, digits, '.', '_' and '-' (at most 128)"
+                ));
+            }
+        }
+        if let Err(e) = self.health() {
+            out.push(e);
+        }
+        if let Err(e) = self.key() {
+            out.push(e);
+        }
+        for (k, v) in &self.headers {
+            let name_ok = http::HeaderName::from_bytes(k.as_bytes()).is_ok();
+            let reserved = matches!(
+                k.to_ascii_lowercase().as_str(),
+                "host" | "content-length" | "transfer-encoding" | "connection" | "authorization"
+            );
+            if !name_ok || reserved {
+                out.push(format!(
+                    "headers: {k:?} is not a header name that may be set (use api_key for Authorization)"
+                ));
+            }
+            if http::HeaderValue::from_str(v).is_err() {
+                out.push(format!(
+                    "headers: the value of {k:?} is not a valid header value"
+                ));
+            }
+        }
+        for m in &self.models {
+            if m.trim().is_empty() {
+                out.push("models: empty model id".into());
+            }
+        }
+        out
+    }
+
+    /// One line for `check-config`, secrets masked.
+    pub fn render_masked(&self) -> String {
+        format!(
+            "url={} name={} models={} discover={} max_in_flight={} health={} api_key={} headers={}",
+            self.url,
+            self.name.as_deref().unwrap_or(""),
+            self.models.join("|"),
+            self.discover,
+            self.max_in_flight
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+            self.health.as_deref().unwrap_or("/health"),
+            match (&self.api_key, &self.api_key_file) {
+                (Some(k), _) => k.masked(),
+                (None, Some(f)) => format!("(file {f})"),
+                (None, None) => "(none)".into(),
+            },
+            self.headers.keys().cloned().collect::<Vec<_>>().join("|"),
+        )
+    }
 }
 
 const KNOWN: &[&str] = &[
@@ -65,6 +186,20 @@ const KNOWN: &[&str] = &[
     "tool_call_formats",
     "tool_call_code_fence",
     "tool_call_harmony_stripped",
+    "retry_budget_percent",
+    "retry_budget_min_per_sec",
+    "retry_budget_ttl",
+    "failure_rate_percent",
+    "stream_keepalive_interval",
+    "no_backend_wait",
+    "on_demand_probe_interval",
+    "sse_max_event_bytes",
+    "max_connections",
+    "client_send_timeout",
+    "max_header_bytes",
+    "keepalive_timeout",
+    "http2_keepalive_interval",
+    "http2_keepalive_timeout",
 ];
 
 fn err(reason: String) -> ConfigError {

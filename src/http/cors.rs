@@ -3,7 +3,7 @@
 
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
-use super::body::{empty, Body};
+use crate::body::{empty, Body};
 use crate::config::{Config, CorsOrigins};
 
 /// The `Access-Control-Allow-Origin` value for this request, if any.

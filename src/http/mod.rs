@@ -3,9 +3,7 @@
 
 pub mod admin;
 pub mod auth;
-pub mod body;
 pub mod cors;
-pub mod error;
 pub mod models;
 pub mod ops;
 pub mod request_id;

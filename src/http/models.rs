@@ -8,9 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
-use super::body::Body;
-use super::error::{json_response, GatewayError};
-use crate::app::AppState;
+use crate::body::Body;
+use crate::error::{json_response, GatewayError};
+use crate::state::AppState;
 
 fn now() -> u64 {
     SystemTime::now()
@@ -21,7 +21,7 @@ fn now() -> u64 {
 
 /// id → card for every model with at least one routable server.
 pub fn available(state: &AppState) -> BTreeMap<String, Value> {
-    let table = state.registry.table.load();
+    let table = state.proxy.registry.table.load();
     let mut out: BTreeMap<String, Value> = BTreeMap::new();
     for entry in table.backends.values().filter(|e| e.routable()) {
         for m in &entry.models {
@@ -37,22 +37,22 @@ pub fn available(state: &AppState) -> BTreeMap<String, Value> {
             out.insert(m.id.to_string(), card);
         }
     }
-    for (alias, target) in &state.cfg.model_aliases {
+    for (alias, target) in &state.config.load().model_aliases {
         if let Some(card) = out.get(target).cloned() {
             let mut card = card;
             card["id"] = json!(alias);
-            card["root"] = card.get("root").cloned().unwrap_or_else(|| json!(target));
             out.entry(alias.clone()).or_insert(card);
         }
     }
-    let mut seen = state
-        .model_first_seen
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let mut seen = state.first_seen.lock().unwrap_or_else(|p| p.into_inner());
     for (id, card) in out.iter_mut() {
         let created = *seen.entry(id.clone()).or_insert_with(now);
         card["created"] = json!(created);
         card["object"] = json!("model");
+        // vLLM's `root` is the model's path on the server's disk: never show it.
+        if card.get("root").is_some() {
+            card["root"] = json!(id);
+        }
     }
     out
 }

@@ -1,46 +1,51 @@
-//! Liveness (`/healthz`) and readiness (`/readyz`). Neither names a backend address.
+//! Liveness (`/healthz`) and readiness (`/readyz`). Unauthenticated callers get the status
+//! and counts only; the per-server detail needs an admin credential. Neither names a
+//! backend address.
 
-use std::sync::atomic::Ordering;
-
-use http::{Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 use serde_json::json;
 
-use super::body::Body;
-use super::error::json_response;
-use crate::app::AppState;
+use super::auth::Access;
+use crate::body::Body;
+use crate::error::json_response;
+use crate::state::AppState;
 
-fn summary(state: &AppState) -> serde_json::Value {
-    let table = state.registry.table.load();
-    let healthy: Vec<&str> = table
-        .backends
-        .values()
-        .filter(|e| e.routable())
-        .map(|e| e.handle.id.as_str())
-        .collect();
-    let unhealthy: Vec<&str> = table
-        .backends
-        .values()
-        .filter(|e| !e.routable())
-        .map(|e| e.handle.id.as_str())
-        .collect();
-    json!({
-        "servers": {"total": table.backends.len(), "healthy": healthy.len(), "healthy_ids": healthy, "unhealthy_ids": unhealthy},
+fn summary(state: &AppState, detail: bool) -> serde_json::Value {
+    let table = state.proxy.registry.table.load();
+    let healthy = table.backends.values().filter(|e| e.routable()).count();
+    let mut v = json!({
+        "servers": {"total": table.backends.len(), "healthy": healthy},
         "models": table.by_model.len(),
-        "uptime_s": state.started.elapsed().as_secs(),
-    })
+        "uptime_s": state.lifecycle.started.elapsed().as_secs(),
+    });
+    if detail {
+        let ids = |routable: bool| -> Vec<&str> {
+            table
+                .backends
+                .values()
+                .filter(|e| e.routable() == routable)
+                .map(|e| e.handle.id.as_str())
+                .collect()
+        };
+        v["servers"]["healthy_ids"] = json!(ids(true));
+        v["servers"]["unhealthy_ids"] = json!(ids(false));
+    }
+    v
 }
 
-pub fn healthz(state: &AppState) -> Response<Body> {
-    let mut v = summary(state);
+pub fn healthz(state: &AppState, headers: &HeaderMap) -> Response<Body> {
+    let admin = headers.contains_key(http::header::AUTHORIZATION)
+        && state.auth.authorize(Access::Admin, headers).is_ok();
+    let mut v = summary(state, admin);
     v["status"] = json!("ok");
     json_response(StatusCode::OK, &v)
 }
 
 pub fn readyz(state: &AppState) -> Response<Body> {
-    let mut v = summary(state);
-    let reason = if state.escalated.load(Ordering::Acquire) {
+    let mut v = summary(state, false);
+    let reason = if state.lifecycle.is_escalated() {
         Some("actor tree stopped")
-    } else if state.draining.load(Ordering::Acquire) {
+    } else if state.lifecycle.is_draining() {
         Some("draining")
     } else if v["servers"]["healthy"] == json!(0) {
         Some("no healthy server")

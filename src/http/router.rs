@@ -1,112 +1,249 @@
-//! Method + path dispatch. Every response gets the request id and, when allowed, CORS headers.
+//! Method + path dispatch over a `matchit` route table. Every route declares its methods
+//! and who may call it; `HEAD` works wherever `GET` does, a known path with another method
+//! gets 405 with `Allow`. Every response gets the request id, CORS headers when allowed, and
+//! carries the request's outcome record until its body is done.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use http::{HeaderValue, Method, Request, Response};
+use http::{header, HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
-use super::auth::{check_admin_key, check_api_key};
-use super::body::Body;
-use super::error::GatewayError;
+use super::auth::Access;
 use super::{admin, cors, models, ops, request_id};
-use crate::app::AppState;
+use crate::body::{Body, OutcomeBody};
+use crate::error::GatewayError;
+use crate::outcome::Outcome;
 use crate::proxy::{self, Endpoint};
+use crate::state::AppState;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Healthz,
+    Readyz,
+    Models,
+    Model,
+    DiscoveryStats,
+    DiscoveryRefresh,
+    Proxy(Endpoint),
+    Backends,
+    Backend,
+    BackendDrain,
+    BackendUndrain,
+}
+
+struct Def {
+    route: Route,
+    methods: &'static [Method],
+    access: Access,
+}
+
+const GET: &[Method] = &[Method::GET];
+const POST: &[Method] = &[Method::POST];
+
+fn defs() -> Vec<(&'static str, Def)> {
+    let d = |route, methods, access| Def {
+        route,
+        methods,
+        access,
+    };
+    let mut v = vec![
+        ("/healthz", d(Route::Healthz, GET, Access::Public)),
+        ("/readyz", d(Route::Readyz, GET, Access::Public)),
+        ("/v1/models", d(Route::Models, GET, Access::Client)),
+        ("/v1/models/{*id}", d(Route::Model, GET, Access::Client)),
+        (
+            "/v1/models/discovery/stats",
+            d(Route::DiscoveryStats, GET, Access::Client),
+        ),
+        (
+            "/v1/models/discovery/refresh",
+            d(Route::DiscoveryRefresh, POST, Access::Client),
+        ),
+        (
+            "/admin/backends",
+            d(Route::Backends, &[Method::GET, Method::POST], Access::Admin),
+        ),
+        (
+            "/admin/backends/{id}",
+            d(
+                Route::Backend,
+                &[Method::GET, Method::DELETE],
+                Access::Admin,
+            ),
+        ),
+        (
+            "/admin/backends/{id}/drain",
+            d(Route::BackendDrain, POST, Access::Admin),
+        ),
+        (
+            "/admin/backends/{id}/undrain",
+            d(Route::BackendUndrain, POST, Access::Admin),
+        ),
+    ];
+    for ep in Endpoint::ALL {
+        v.push((ep.path(), d(Route::Proxy(ep), POST, Access::Client)));
+    }
+    v
+}
+
+static ROUTES: LazyLock<matchit::Router<Def>> = LazyLock::new(|| {
+    let mut r = matchit::Router::new();
+    for (path, def) in defs() {
+        // The table is static and tested; a conflict is a programming error caught by
+        // `route_table_builds` before it could ship.
+        let _ = r.insert(path, def);
+    }
+    r
+});
+
+fn allow_header(methods: &[Method]) -> HeaderValue {
+    let mut names: Vec<&str> = methods.iter().map(Method::as_str).collect();
+    if methods.contains(&Method::GET) {
+        names.push("HEAD");
+    }
+    names.push("OPTIONS");
+    HeaderValue::from_str(&names.join(", ")).unwrap_or(HeaderValue::from_static("OPTIONS"))
+}
+
+/// Connection facts the handler needs.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+}
 
 pub async fn handle(
     state: Arc<AppState>,
-    peer: SocketAddr,
+    conn: ConnInfo,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let rid = request_id::from_client(req.headers().get("x-request-id"));
+    let outcome = Outcome::begin(
+        rid.clone(),
+        req.method().clone(),
+        req.uri().path(),
+        conn.peer.ip(),
+        state.sinks.clone(),
+    );
     let span = tracing::info_span!(
         "request",
         request_id = %rid,
         method = %req.method(),
         path = %req.uri().path(),
-        peer = %peer,
+        peer = %conn.peer,
         model = tracing::field::Empty,
         backend = tracing::field::Empty,
         stream = tracing::field::Empty,
         status = tracing::field::Empty,
     );
-    let allow = cors::allowed_origin(&state.cfg, req.headers());
+    let cfg = state.config.load();
+    let allow = cors::allowed_origin(&cfg, req.headers());
     let mut resp = async {
-        if req.method() == Method::OPTIONS {
-            return cors::preflight(&state.cfg, allow.clone());
+        match dispatch(&state, req, &outcome).await {
+            Ok(r) => r,
+            Err(e) => {
+                outcome.fail(e.code());
+                e.into_response()
+            }
         }
-        route(&state, req, &rid)
-            .await
-            .unwrap_or_else(GatewayError::into_response)
     }
     .instrument(span.clone())
     .await;
     span.record("status", resp.status().as_u16());
+    outcome.respond(resp.status().as_u16());
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    cors::decorate(&state.cfg, allow, &mut resp);
-    resp
+    cors::decorate(&cfg, allow, &mut resp);
+    resp.map(|b| OutcomeBody::wrap(b, outcome))
 }
 
-async fn route(
+async fn dispatch(
     state: &Arc<AppState>,
     req: Request<Incoming>,
-    rid: &str,
+    outcome: &Outcome,
 ) -> Result<Response<Body>, GatewayError> {
+    if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
+        return Err(GatewayError::InvalidRequest {
+            message: "HTTP/1.1 requests need a Host header.".into(),
+            param: None,
+        });
+    }
+    let cfg = state.config.load();
     let path = req.uri().path().to_owned();
-    let method = req.method().clone();
-    let user = || {
-        check_api_key(
-            &state.cfg.api_keys,
-            &state.cfg.admin_api_keys,
-            req.headers(),
-        )
+    let Ok(found) = ROUTES.at(&path) else {
+        return Err(GatewayError::UnknownRoute);
     };
-    let admin = || check_admin_key(&state.cfg.admin_api_keys, req.headers());
-    match (&method, path.as_str()) {
-        (&Method::GET, "/healthz") => Ok(ops::healthz(state)),
-        (&Method::GET, "/readyz") => Ok(ops::readyz(state)),
-        (&Method::GET, "/v1/models") => user().map(|_| models::list(state)),
-        (&Method::GET, "/v1/models/discovery/stats") => {
-            user().map(|_| admin::discovery_stats(state))
+    let def = found.value;
+    let method = req.method().clone();
+    if method == Method::OPTIONS {
+        let allow = cors::allowed_origin(&cfg, req.headers());
+        let mut resp = cors::preflight(&cfg, allow);
+        resp.headers_mut()
+            .insert(header::ALLOW, allow_header(def.methods));
+        return Ok(resp);
+    }
+    let as_get = method == Method::HEAD && def.methods.contains(&Method::GET);
+    if !def.methods.contains(&method) && !as_get {
+        let mut resp = GatewayError::MethodNotAllowed.into_response();
+        resp.headers_mut()
+            .insert(header::ALLOW, allow_header(def.methods));
+        return Ok(resp);
+    }
+    let method = if as_get { Method::GET } else { method };
+    let principal = Arc::new(state.auth.authorize(def.access, req.headers())?);
+    outcome.update(|r| r.principal = Some(principal.clone()));
+    let id = found.params.get("id").map(str::to_owned);
+    let id = id.as_deref().unwrap_or("");
+    match (def.route, method) {
+        (Route::Healthz, _) => Ok(ops::healthz(state, req.headers())),
+        (Route::Readyz, _) => Ok(ops::readyz(state)),
+        (Route::Models, _) => Ok(models::list(state)),
+        (Route::Model, _) => Ok(models::one(state, id)),
+        (Route::DiscoveryStats, _) => Ok(admin::discovery_stats(state)),
+        (Route::DiscoveryRefresh, _) => Ok(admin::discovery_refresh(state).await),
+        (Route::Proxy(ep), _) => {
+            proxy::forward(&state.proxy, &cfg, &state.lifecycle, ep, req, outcome).await
         }
-        (&Method::POST, "/v1/models/discovery/refresh") => {
-            admin()?;
-            Ok(admin::discovery_refresh(state).await)
+        (Route::Backends, Method::POST) => admin::add_backend(state, req).await,
+        (Route::Backends, _) => Ok(admin::backends(state)),
+        (Route::Backend, Method::DELETE) => admin::remove_backend(state, id).await,
+        (Route::Backend, _) => admin::backend(state, id),
+        (Route::BackendDrain, _) => Ok(admin::set_drain(state, id, true).await),
+        (Route::BackendUndrain, _) => Ok(admin::set_drain(state, id, false).await),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_table_builds() {
+        let mut r = matchit::Router::new();
+        for (path, def) in defs() {
+            r.insert(path, def)
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
         }
-        (&Method::GET, "/admin/backends") => admin().map(|_| admin::backends(state)),
-        (&Method::POST, p) if p.starts_with("/admin/backends/") => {
-            admin()?;
-            let rest = &p["/admin/backends/".len()..];
-            match rest.rsplit_once('/') {
-                Some((id, "drain")) if !id.is_empty() => {
-                    Ok(admin::set_drain(state, id, true).await)
-                }
-                Some((id, "undrain")) if !id.is_empty() => {
-                    Ok(admin::set_drain(state, id, false).await)
-                }
-                _ => Err(GatewayError::UnknownRoute),
-            }
-        }
-        (&Method::GET, p) if p.starts_with("/v1/models/") => {
-            user()?;
-            Ok(models::one(state, &p["/v1/models/".len()..]))
-        }
-        (&Method::POST, p) => match Endpoint::from_path(p) {
-            Some(ep) => {
-                user()?;
-                proxy::forward(state.clone(), ep, req, rid.to_owned()).await
-            }
-            None => Err(GatewayError::UnknownRoute),
-        },
-        (_, p)
-            if Endpoint::from_path(p).is_some()
-                || matches!(p, "/healthz" | "/readyz" | "/v1/models") =>
-        {
-            Err(GatewayError::MethodNotAllowed)
-        }
-        _ => Err(GatewayError::UnknownRoute),
+        let m = r
+            .at("/v1/models/meta-llama/Llama-3.1-8B")
+            .expect("model id with /");
+        assert_eq!(m.value.route, Route::Model);
+        assert_eq!(m.params.get("id"), Some("meta-llama/Llama-3.1-8B"));
+        assert_eq!(
+            r.at("/v1/models/discovery/stats")
+                .expect("stats")
+                .value
+                .route,
+            Route::DiscoveryStats
+        );
+        assert!(!r
+            .at("/v1/models")
+            .expect("models")
+            .value
+            .methods
+            .contains(&Method::POST));
+        assert!(r.at("/nope").is_err());
     }
 }

@@ -11,14 +11,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::app::AppState;
+use crate::state::AppState;
+
+use super::router::ConnInfo;
 
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {
+    let cfg = state.config.load();
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(state.cfg.header_read_timeout)
+        .header_read_timeout(cfg.header_read_timeout)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
@@ -40,7 +43,11 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: Cancellati
         let st = state.clone();
         let svc = service_fn(move |req| {
             let st = st.clone();
-            async move { Ok::<_, std::convert::Infallible>(super::router::handle(st, peer, req).await) }
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    super::router::handle(st, ConnInfo { peer }, req).await,
+                )
+            }
         });
         let conn = graceful.watch(
             builder

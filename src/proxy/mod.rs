@@ -1,15 +1,21 @@
-//! The request hot path: route, forward with retries before the first byte, then answer
-//! (whole body) or hand the stream to a per-request stream actor.
+//! The request hot path: read and check the body, route, forward with retries before the
+//! first byte, then answer (whole body) or hand the stream to a per-request stream actor.
 //!
 //! Retry rule (one for the whole project): only before the first byte reached the client, on
-//! a different server, for connect errors, resets before headers, time to first byte
-//! exceeded, 502/503/504, and 404 model-not-found; at most `MAX_ATTEMPTS`, jittered backoff
-//! 25–250 ms, within the [`retry::RetryBudget`].
+//! a different server, for connect errors, resets, time to response headers exceeded,
+//! 502/503/504, 404 model-not-found, and a server found dead by its health check while the
+//! request waited on it; at most `MAX_ATTEMPTS`, jittered backoff 25–250 ms, within the
+//! model's [`retry::RetryBudget`].
+//!
+//! Liveness, not a guess at the generation time, decides how long a request waits on a
+//! server: while a request waits, the server is probed on demand (coalesced per server), and
+//! a failed probe abandons every request on it that has not sent a byte to its client.
 
 pub mod prepare;
 pub mod pump;
 pub mod retry;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,17 +23,37 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use llmmux_actors::backend::{BackendHandle, Observed};
+use llmmux_actors::registry::RegistryHandle;
+use llmmux_actors::stream::StreamSpawner;
 use llmmux_actors::table::{BackendId, InFlightGuard, PickError};
 use rand::Rng;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::app::AppState;
-use crate::http::body::{full, Body};
-use crate::http::error::{json_response, normalize_upstream_error, GatewayError};
-use crate::toolcall::{self, Family, RequestTools};
+use crate::body::{full, Body};
+use crate::config::Config;
+use crate::error::{json_response, normalize_upstream_error, GatewayError};
+use crate::lifecycle::Lifecycle;
+use crate::outcome::Outcome;
+use crate::toolcall::{self, Counters as ToolCallCounters, Family, RequestTools};
+use crate::upstream::ServerExt;
+use retry::RetryBudgets;
 
 /// Largest non-streaming upstream answer the gateway will hold.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// What the hot path needs, shared by every request.
+pub struct Proxy {
+    pub registry: RegistryHandle,
+    pub streams: StreamSpawner,
+    pub client: reqwest::Client,
+    pub budgets: RetryBudgets,
+    /// `MAX_IN_FLIGHT`, gateway-wide.
+    pub concurrency: Arc<Semaphore>,
+    pub toolcalls: Arc<ToolCallCounters>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -44,21 +70,18 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub fn from_path(p: &str) -> Option<Self> {
-        Some(match p {
-            "/v1/chat/completions" => Endpoint::Chat,
-            "/v1/completions" => Endpoint::Completions,
-            "/v1/embeddings" => Endpoint::Embeddings,
-            "/v1/responses" => Endpoint::Responses,
-            "/v1/rerank" => Endpoint::Rerank,
-            "/v1/score" => Endpoint::Score,
-            "/tokenize" => Endpoint::Tokenize,
-            "/detokenize" => Endpoint::Detokenize,
-            "/pooling" => Endpoint::Pooling,
-            "/classify" => Endpoint::Classify,
-            _ => return None,
-        })
-    }
+    pub const ALL: [Endpoint; 10] = [
+        Endpoint::Chat,
+        Endpoint::Completions,
+        Endpoint::Embeddings,
+        Endpoint::Responses,
+        Endpoint::Rerank,
+        Endpoint::Score,
+        Endpoint::Tokenize,
+        Endpoint::Detokenize,
+        Endpoint::Pooling,
+        Endpoint::Classify,
+    ];
 
     pub fn path(self) -> &'static str {
         match self {
@@ -93,12 +116,14 @@ impl Endpoint {
 enum AttemptError {
     Connect,
     Timeout,
-    /// Connection closed or reset before a usable response started.
+    /// Connection closed or reset before a usable response was complete.
     Reset,
     /// 502/503/504 from the server.
     Unavailable(StatusCode, Bytes),
     /// 404 for a model the registry believed the server serves.
     ModelMissing(Bytes),
+    /// The server failed its health check while the request waited on it.
+    Dead,
 }
 
 impl AttemptError {
@@ -106,11 +131,23 @@ impl AttemptError {
         !matches!(self, AttemptError::ModelMissing(_))
     }
 
+    fn code(&self) -> &'static str {
+        match self {
+            AttemptError::Connect => "upstream_connect",
+            AttemptError::Timeout => "upstream_timeout",
+            AttemptError::Reset => "upstream_reset",
+            AttemptError::Unavailable(..) => "upstream_unavailable",
+            AttemptError::ModelMissing(_) => "model_not_found",
+            AttemptError::Dead => "upstream_down",
+        }
+    }
+
     fn into_response(self) -> Response<Body> {
         match self {
             AttemptError::Connect | AttemptError::Reset => {
                 GatewayError::UpstreamFailed.into_response()
             }
+            AttemptError::Dead => GatewayError::UpstreamDown.into_response(),
             AttemptError::Timeout => GatewayError::UpstreamTimeout.into_response(),
             AttemptError::Unavailable(s, b) => upstream_error_response(s, &b),
             AttemptError::ModelMissing(b) => upstream_error_response(StatusCode::NOT_FOUND, &b),
@@ -137,127 +174,159 @@ fn classify(e: &reqwest::Error) -> AttemptError {
     }
 }
 
-/// A started upstream response, ready to be relayed.
-struct Started {
-    guard: InFlightGuard,
-    status: StatusCode,
-    headers: HeaderMap,
-    payload: Payload,
+/// Run `fut` while `backend` stays alive: probe it on demand every `every` of waiting, and
+/// give up at once when it is declared dead.
+async fn while_alive<F: Future>(
+    fut: F,
+    backend: &BackendHandle,
+    every: Duration,
+) -> Result<F::Output, AttemptError> {
+    let dead = backend.liveness();
+    tokio::pin!(fut);
+    let mut probe = tokio::time::interval_at(Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut fut => return Ok(r),
+            _ = dead.cancelled() => return Err(AttemptError::Dead),
+            _ = probe.tick() => backend.probe_now(),
+        }
+    }
 }
 
-enum Payload {
-    /// A stream whose first chunk was read (it proves the stream is alive).
+/// An upstream answer ready to relay.
+enum Answer {
+    /// A stream whose headers arrived; `first` is its first chunk if it came within the
+    /// keep-alive interval (otherwise the relay waits for it, with keep-alive comments).
     Stream {
         resp: reqwest::Response,
-        first: Bytes,
+        first: Option<Bytes>,
     },
-    /// Body not read yet.
-    Pending(reqwest::Response),
-    /// Body already read (error answers).
-    Read(Bytes),
+    /// A complete body.
+    Whole {
+        status: StatusCode,
+        content_type: Option<HeaderValue>,
+        body: Bytes,
+    },
+}
+
+struct Started {
+    guard: InFlightGuard,
+    answer: Answer,
+}
+
+/// One proxied request.
+struct Call<'a> {
+    proxy: &'a Proxy,
+    cfg: &'a Config,
+    ep: Endpoint,
+    p: &'a prepare::Prepared,
+    headers: HeaderMap,
+    outcome: &'a Outcome,
+    /// One deadline for the whole request (`REQUEST_TIMEOUT`), across attempts.
+    deadline: Instant,
 }
 
 pub async fn forward(
-    state: Arc<AppState>,
+    proxy: &Proxy,
+    cfg: &Config,
+    lifecycle: &Lifecycle,
     ep: Endpoint,
     req: Request<Incoming>,
-    rid: String,
+    outcome: &Outcome,
 ) -> Result<Response<Body>, GatewayError> {
-    if state.draining.load(std::sync::atomic::Ordering::Acquire) {
+    if lifecycle.is_draining() {
         return Err(GatewayError::ShuttingDown);
     }
-    let permit = state
+    let deadline = Instant::now() + cfg.request_timeout.saturating_sub(outcome.elapsed());
+    let (parts, body) = req.into_parts();
+    // The body first: a slow uploader holds no capacity while it trickles in.
+    let raw = prepare::read_body(
+        body,
+        &parts.headers,
+        cfg.max_body_bytes,
+        cfg.body_read_timeout,
+    )
+    .await?;
+    let p = prepare::prepare(ep, raw, &cfg.model_aliases)?;
+    let span = tracing::Span::current();
+    span.record("model", p.model.as_str());
+    span.record("stream", p.stream);
+    outcome.update(|r| {
+        r.model = Some(p.model.clone());
+        r.stream = p.stream;
+    });
+    let permit = proxy
         .concurrency
         .clone()
         .try_acquire_owned()
         .map_err(|_| GatewayError::Overloaded)?;
-    let active = state.retry.enter();
-    let (parts, body) = req.into_parts();
-    let raw = prepare::read_body(
-        body,
-        &parts.headers,
-        state.cfg.max_body_bytes,
-        state.cfg.body_read_timeout,
-    )
-    .await?;
-    let p = prepare::prepare(ep, raw, &state.cfg.model_aliases)?;
-    let span = tracing::Span::current();
-    span.record("model", p.model.as_str());
-    span.record("stream", p.stream);
-    if !state.registry.table.load().knows_model(&p.served) {
-        return Err(GatewayError::ModelNotFound(p.model));
+    if !proxy.registry.table.load().knows_model(&p.served) {
+        return Err(GatewayError::ModelNotFound(p.model.clone()));
     }
-    let headers = prepare::upstream_headers(
-        &parts.headers,
-        &rid,
-        state.cfg.vllm_api_key.as_ref().map(|s| s.expose()),
-    );
-    let started = match attempts(&state, ep, &p, &headers).await {
-        Ok(s) => s,
-        Err(Ok(resp)) => return Ok(resp),
-        Err(Err(e)) => return Err(e),
+    let call = Call {
+        proxy,
+        cfg,
+        ep,
+        p: &p,
+        headers: prepare::upstream_headers(&parts.headers, &outcome.id()),
+        outcome,
+        deadline,
     };
-    span.record("backend", started.guard.backend().id.as_str());
-    let repair = if ep == Endpoint::Chat {
-        let family = state.cfg.tool_call_formats.family_for(&p.served);
-        (family != Family::None)
-            .then(|| RequestTools::from_request(&p.json).map(|t| (family, t)))
-            .flatten()
-    } else {
-        None
+    let started = match call.attempts().await {
+        Ok(s) => s,
+        Err(done) => return done,
     };
     let backend = started.guard.backend().clone();
-    let resp = match started.payload {
-        Payload::Stream { resp, first } => {
-            let guards = (started.guard, permit, active);
+    span.record("backend", backend.id.as_str());
+    let repair = call.repair();
+    match started.answer {
+        Answer::Stream { resp, first } => {
             let relay = pump::Relay {
                 ep,
-                rid,
                 client_wants_usage: p.client_wants_usage,
                 repair,
+                outcome: outcome.clone(),
+                deadline,
             };
-            return Ok(
-                pump::start_stream(&state, relay, resp, first, &started.headers, guards).await,
+            pump::start_stream(proxy, cfg, relay, resp, first, (started.guard, permit)).await
+        }
+        Answer::Whole {
+            status,
+            content_type,
+            body,
+        } => {
+            drop(permit);
+            if !status.is_success() {
+                outcome.fail(if status.is_server_error() {
+                    "upstream_error"
+                } else {
+                    "upstream_rejected"
+                });
+                return Ok(upstream_error_response(status, &body));
+            }
+            let body = match repair {
+                Some((family, tools)) => repair_body(proxy, cfg, body, family, &tools),
+                None => body,
+            };
+            let mut resp = Response::new(full(body));
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                content_type.unwrap_or(HeaderValue::from_static("application/json")),
             );
+            Ok(resp)
         }
-        Payload::Read(body) => {
-            backend.record_outcome(started.status.is_server_error());
-            return Ok(upstream_error_response(started.status, &body));
-        }
-        Payload::Pending(resp) => resp,
-    };
-    if !started.status.is_success() {
-        backend.record_outcome(started.status.is_server_error());
-        let body = read_all(resp, state.cfg.request_timeout)
-            .await
-            .unwrap_or_default();
-        return Ok(upstream_error_response(started.status, &body));
     }
-    let body = match read_all(resp, state.cfg.request_timeout).await {
-        Ok(b) => b,
-        Err(e) => {
-            backend.record_outcome(true);
-            return Ok(e.into_response());
-        }
-    };
-    backend.record_outcome(false);
-    let body = match repair {
-        Some((family, tools)) => repair_body(&state, body, family, &tools),
-        None => body,
-    };
-    let mut resp = Response::new(full(body));
-    *resp.status_mut() = started.status;
-    let ct = started
-        .headers
-        .get(header::CONTENT_TYPE)
-        .cloned()
-        .unwrap_or(HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(header::CONTENT_TYPE, ct);
-    drop((started.guard, permit));
-    Ok(resp)
 }
 
-fn repair_body(state: &AppState, body: Bytes, family: Family, tools: &RequestTools) -> Bytes {
+fn repair_body(
+    proxy: &Proxy,
+    cfg: &Config,
+    body: Bytes,
+    family: Family,
+    tools: &RequestTools,
+) -> Bytes {
     let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return body;
     };
@@ -265,151 +334,231 @@ fn repair_body(state: &AppState, body: Bytes, family: Family, tools: &RequestToo
         &mut v,
         family,
         tools,
-        &state.cfg.tool_call_options,
-        &state.toolcalls,
+        &cfg.tool_call_options,
+        &proxy.toolcalls,
     );
     serde_json::to_vec(&v).map(Bytes::from).unwrap_or(body)
 }
 
-async fn read_all(resp: reqwest::Response, timeout: Duration) -> Result<Bytes, AttemptError> {
+async fn read_all(resp: reqwest::Response) -> Result<Bytes, AttemptError> {
     let mut stream = resp.bytes_stream();
-    let collect = async {
-        let mut buf = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| classify(&e))?;
-            if buf.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(AttemptError::Reset);
-            }
-            buf.extend_from_slice(&chunk);
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| classify(&e))?;
+        if buf.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(AttemptError::Reset);
         }
-        Ok(Bytes::from(buf))
-    };
-    tokio::time::timeout(timeout, collect)
-        .await
-        .map_err(|_| AttemptError::Timeout)?
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
 }
 
-/// Try servers until one starts a usable response. `Err(Ok(resp))` is a final upstream
-/// answer to relay as is; `Err(Err(e))` a gateway error.
-async fn attempts(
-    state: &AppState,
-    ep: Endpoint,
-    p: &prepare::Prepared,
-    headers: &HeaderMap,
-) -> Result<Started, Result<Response<Body>, GatewayError>> {
-    let mut exclude: Vec<BackendId> = Vec::new();
-    let mut last: Option<AttemptError> = None;
-    // Held through the next attempt so concurrent retries are counted against the budget.
-    let mut _retry_slot = None;
-    for attempt in 1..=state.cfg.max_attempts {
-        let guard = match state.registry.route(&p.served, &exclude).await {
-            Ok(g) => g,
-            Err(e) => {
-                return Err(match (last, e) {
-                    (Some(prev), _) => Ok(prev.into_response()),
-                    (None, PickError::UnknownModel) => {
-                        Err(GatewayError::ModelNotFound(p.model.clone()))
-                    }
-                    (None, PickError::NoHealthy) => {
-                        Err(GatewayError::NoHealthyBackend(p.model.clone()))
-                    }
-                    (None, PickError::AtCapacity) => Err(GatewayError::AtCapacity(p.model.clone())),
-                });
+/// `Err(Ok(resp))` is a final answer to relay; `Err(Err(e))` a gateway error.
+type Final = Result<Response<Body>, GatewayError>;
+
+impl Call<'_> {
+    fn repair(&self) -> Option<(Family, RequestTools)> {
+        if self.ep != Endpoint::Chat {
+            return None;
+        }
+        let family = self.cfg.tool_call_formats.family_for(&self.p.served);
+        if family == Family::None {
+            return None;
+        }
+        let fields = self.p.tool_fields.as_ref()?;
+        RequestTools::from_request(fields).map(|t| (family, t))
+    }
+
+    /// Pick a server; when none is routable, probe the model's servers at once and wait a
+    /// little for one to come back (a server that started after the gateway, say).
+    async fn route(&self, exclude: &[BackendId]) -> Result<InFlightGuard, PickError> {
+        let registry = &self.proxy.registry;
+        match registry.route(&self.p.served, exclude).await {
+            Err(PickError::NoHealthy) if exclude.is_empty() => {}
+            other => return other,
+        }
+        let table = registry.table.load();
+        for id in table
+            .by_model
+            .get(self.p.served.as_str())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(e) = table.backends.get(id) {
+                e.handle.probe_now();
             }
-        };
-        let backend = guard.backend().clone();
-        match try_once(state, ep, p, headers, guard).await {
-            Ok(started) => return Ok(started),
-            Err(e) => {
-                if e.server_side() {
-                    backend.record_outcome(true);
+        }
+        let served = self.p.served.as_str();
+        registry
+            .table
+            .wait_for(self.cfg.no_backend_wait, |t| {
+                t.routable_for(served).next().is_some()
+            })
+            .await;
+        registry.route(served, exclude).await
+    }
+
+    async fn attempts(&self) -> Result<Started, Final> {
+        let budget = self.proxy.budgets.get(&self.p.served);
+        budget.deposit();
+        let mut exclude: Vec<BackendId> = Vec::new();
+        let mut last: Option<AttemptError> = None;
+        for attempt in 1..=self.cfg.max_attempts {
+            let guard = match self.route(&exclude).await {
+                Ok(g) => g,
+                Err(e) => {
+                    return Err(match (last, e) {
+                        (Some(prev), _) => self.give_up(prev),
+                        (None, PickError::UnknownModel) => {
+                            Err(GatewayError::ModelNotFound(self.p.model.clone()))
+                        }
+                        (None, PickError::NoHealthy) => {
+                            Err(GatewayError::NoHealthyBackend(self.p.model.clone()))
+                        }
+                        (None, PickError::AtCapacity) => {
+                            Err(GatewayError::AtCapacity(self.p.model.clone()))
+                        }
+                    });
                 }
-                warn!(backend = %backend.id, attempt, error = ?short(&e), "upstream attempt failed");
-                exclude.push(backend.id.clone());
-                last = Some(e);
+            };
+            let backend = guard.backend().clone();
+            self.outcome.update(|r| {
+                r.attempts = attempt;
+                r.backend = Some(backend.id.clone());
+            });
+            match self.try_once(guard).await {
+                Ok(started) => return Ok(started),
+                Err(e) => {
+                    if e.server_side() {
+                        backend.observe(Observed::ServerFailure);
+                    }
+                    warn!(backend = %backend.id, attempt, error = e.code(), "upstream attempt failed");
+                    exclude.push(backend.id.clone());
+                    last = Some(e);
+                }
             }
-        }
-        if attempt == state.cfg.max_attempts {
-            break;
-        }
-        match state.retry.try_retry() {
-            Some(slot) => _retry_slot = Some(slot),
-            None => {
-                debug!("retry budget exhausted");
+            if attempt == self.cfg.max_attempts || Instant::now() >= self.deadline {
                 break;
             }
-        }
-        let jitter = rand::rng().random_range(25..=250);
-        tokio::time::sleep(Duration::from_millis(jitter)).await;
-    }
-    Err(Ok(last.map(AttemptError::into_response).unwrap_or_else(
-        || GatewayError::UpstreamFailed.into_response(),
-    )))
-}
-
-fn short(e: &AttemptError) -> String {
-    match e {
-        AttemptError::Unavailable(s, _) => format!("status {}", s.as_u16()),
-        AttemptError::ModelMissing(_) => "model not found".into(),
-        other => format!("{other:?}"),
-    }
-}
-
-async fn try_once(
-    state: &AppState,
-    ep: Endpoint,
-    p: &prepare::Prepared,
-    headers: &HeaderMap,
-    guard: InFlightGuard,
-) -> Result<Started, AttemptError> {
-    let url = format!("{}{}", guard.backend().base_url, ep.path());
-    let deadline = if p.stream {
-        state.cfg.first_byte_timeout
-    } else {
-        state.cfg.request_timeout
-    };
-    let send = state
-        .client
-        .post(url)
-        .headers(headers.clone())
-        .body(p.body.clone())
-        .send();
-    let start = async {
-        let mut resp = send.await.map_err(|e| classify(&e))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        if matches!(status.as_u16(), 502..=504) {
-            return Err(AttemptError::Unavailable(
-                status,
-                resp.bytes().await.unwrap_or_default(),
-            ));
-        }
-        if status == StatusCode::NOT_FOUND {
-            let body = resp.bytes().await.unwrap_or_default();
-            let v = normalize_upstream_error(status, &body);
-            if v["error"]["code"] == "model_not_found" {
-                return Err(AttemptError::ModelMissing(body));
+            if !budget.try_withdraw() {
+                debug!(model = %self.p.served, "retry budget exhausted");
+                break;
             }
-            // A 404 that is not about the model (an unknown route, say) is final.
-            return Ok((status, headers, Payload::Read(body)));
+            let jitter = Duration::from_millis(rand::rng().random_range(25..=250));
+            tokio::time::sleep_until((Instant::now() + jitter).min(self.deadline)).await;
         }
-        if p.stream && status.is_success() {
-            return match resp.chunk().await {
-                Ok(Some(first)) => Ok((status, headers, Payload::Stream { resp, first })),
+        Err(match last {
+            Some(e) => self.give_up(e),
+            None => Err(GatewayError::UpstreamFailed),
+        })
+    }
+
+    fn give_up(&self, e: AttemptError) -> Final {
+        self.outcome.fail(e.code());
+        Ok(e.into_response())
+    }
+
+    async fn try_once(&self, guard: InFlightGuard) -> Result<Started, AttemptError> {
+        let backend = guard.backend().clone();
+        let mut headers = self.headers.clone();
+        if let Some(ext) = backend.ext::<ServerExt>() {
+            for (k, v) in &ext.headers {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+        let send = self
+            .proxy
+            .client
+            .post(format!("{}{}", backend.base_url, self.ep.path()))
+            .headers(headers)
+            .body(self.p.body.clone())
+            .send();
+        let stream = self.p.stream;
+        let work = async {
+            let resp = send.await.map_err(|e| classify(&e))?;
+            let status = resp.status();
+            if matches!(status.as_u16(), 502..=504) {
+                return Err(AttemptError::Unavailable(
+                    status,
+                    resp.bytes().await.unwrap_or_default(),
+                ));
+            }
+            if status == StatusCode::NOT_FOUND {
+                let body = resp.bytes().await.unwrap_or_default();
+                if normalize_upstream_error(status, &body)["error"]["code"] == "model_not_found" {
+                    return Err(AttemptError::ModelMissing(body));
+                }
+                // A 404 that is not about the model (an unknown route, say) is final.
+                return Ok(whole(status, None, body));
+            }
+            if stream && status.is_success() {
+                return Ok(Answer::Stream { resp, first: None });
+            }
+            let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+            let body = read_all(resp).await?;
+            Ok(whole(status, content_type, body))
+        };
+        // A stream must at least send its headers within FIRST_BYTE_TIMEOUT (vLLM sends
+        // them at once); a whole answer has until the request's deadline.
+        let limit = if stream {
+            (Instant::now() + self.cfg.first_byte_timeout).min(self.deadline)
+        } else {
+            self.deadline
+        };
+        let every = self.cfg.on_demand_probe_interval;
+        let answer = match tokio::time::timeout_at(limit, while_alive(work, &backend, every)).await
+        {
+            Err(_) => return Err(AttemptError::Timeout),
+            Ok(r) => r??,
+        };
+        let answer = match answer {
+            Answer::Stream { resp, .. } => self.first_chunk(resp, &backend).await?,
+            whole @ Answer::Whole { .. } => {
+                if let Answer::Whole { status, .. } = &whole {
+                    backend.observe(if status.is_server_error() {
+                        Observed::ServerFailure
+                    } else {
+                        Observed::Success
+                    });
+                }
+                whole
+            }
+        };
+        Ok(Started { guard, answer })
+    }
+
+    /// Wait for a stream's first chunk while a retry is still possible: up to one
+    /// keep-alive interval. After that the stream is committed to this server (the client
+    /// gets headers and keep-alive comments) and is never retried.
+    async fn first_chunk(
+        &self,
+        mut resp: reqwest::Response,
+        backend: &BackendHandle,
+    ) -> Result<Answer, AttemptError> {
+        let window = (Instant::now() + self.cfg.stream_keepalive_interval).min(self.deadline);
+        let every = self.cfg.on_demand_probe_interval;
+        match tokio::time::timeout_at(window, while_alive(resp.chunk(), backend, every)).await {
+            Err(_) if Instant::now() >= self.deadline => Err(AttemptError::Timeout),
+            Err(_) => Ok(Answer::Stream { resp, first: None }),
+            Ok(r) => match r? {
+                Ok(Some(first)) => Ok(Answer::Stream {
+                    resp,
+                    first: Some(first),
+                }),
                 Ok(None) => Err(AttemptError::Reset),
                 Err(e) => Err(classify(&e)),
-            };
+            },
         }
-        Ok((status, headers, Payload::Pending(resp)))
-    };
-    match tokio::time::timeout(deadline, start).await {
-        Err(_) => Err(AttemptError::Timeout),
-        Ok(Err(e)) => Err(e),
-        Ok(Ok((status, headers, payload))) => Ok(Started {
-            guard,
-            status,
-            headers,
-            payload,
-        }),
     }
 }
+
+fn whole(status: StatusCode, content_type: Option<HeaderValue>, body: Bytes) -> Answer {
+    Answer::Whole {
+        status,
+        content_type,
+        body,
+    }
+}
+
+/// Guards a committed stream holds until its pump ends.
+pub type StreamGuards = (InFlightGuard, OwnedSemaphorePermit);

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::Endpoint;
-use crate::http::error::GatewayError;
+use crate::error::GatewayError;
 
 /// Request headers passed to the vLLM server; everything else (the client's Authorization,
 /// cookies, hop-by-hop headers) stays here.
@@ -58,7 +58,8 @@ pub struct Prepared {
     pub stream: bool,
     /// The client asked for the usage chunk itself (otherwise it is dropped from its stream).
     pub client_wants_usage: bool,
-    pub json: Value,
+    /// The fields tool-call repair reads (`tools`, `tool_choice`, ...), when `tools` is set.
+    pub tool_fields: Option<Value>,
     pub body: Bytes,
 }
 
@@ -90,7 +91,25 @@ pub fn prepare(
             param: Some("messages"),
         });
     }
-    let stream = ep.can_stream() && obj.get("stream") == Some(&Value::Bool(true));
+    let stream = match obj.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b && ep.can_stream(),
+        Some(_) => {
+            return Err(GatewayError::InvalidRequest {
+                message: "'stream' must be a boolean.".into(),
+                param: Some("stream"),
+            })
+        }
+    };
+    if !matches!(
+        obj.get("stream_options"),
+        None | Some(Value::Null) | Some(Value::Object(_))
+    ) {
+        return Err(GatewayError::InvalidRequest {
+            message: "'stream_options' must be an object.".into(),
+            param: Some("stream_options"),
+        });
+    }
     let served = aliases
         .get(&model)
         .cloned()
@@ -103,7 +122,7 @@ pub fn prepare(
     let mut client_wants_usage = false;
     if stream && ep.reports_usage() {
         let opts = obj.entry("stream_options").or_insert_with(|| json!({}));
-        if !opts.is_object() {
+        if opts.is_null() {
             *opts = json!({});
         }
         client_wants_usage = opts.get("include_usage") == Some(&Value::Bool(true));
@@ -112,6 +131,21 @@ pub fn prepare(
             modified = true;
         }
     }
+    let tool_fields = obj.contains_key("tools").then(|| {
+        let mut m = serde_json::Map::new();
+        for k in [
+            "tools",
+            "tool_choice",
+            "response_format",
+            "structured_outputs",
+            "guided_json",
+        ] {
+            if let Some(v) = obj.get(k) {
+                m.insert(k.to_owned(), v.clone());
+            }
+        }
+        Value::Object(m)
+    });
     let body = if modified {
         Bytes::from(serde_json::to_vec(&json).map_err(|_| GatewayError::Internal)?)
     } else {
@@ -122,7 +156,7 @@ pub fn prepare(
         served,
         stream,
         client_wants_usage,
-        json,
+        tool_fields,
         body,
     })
 }
@@ -132,7 +166,9 @@ fn short_json_error(e: &serde_json::Error) -> String {
     msg.chars().take(200).collect()
 }
 
-pub fn upstream_headers(client: &HeaderMap, request_id: &str, api_key: Option<&str>) -> HeaderMap {
+/// Headers for the upstream request: the allowlisted client headers and the request id.
+/// Credentials and extra headers come per server (see `upstream::ServerExt`).
+pub fn upstream_headers(client: &HeaderMap, request_id: &str) -> HeaderMap {
     let mut out = HeaderMap::new();
     for name in FORWARDED {
         if let Some(v) = client.get(*name) {
@@ -145,9 +181,6 @@ pub fn upstream_headers(client: &HeaderMap, request_id: &str, api_key: Option<&s
     );
     if let Ok(v) = HeaderValue::from_str(request_id) {
         out.insert(HeaderName::from_static("x-request-id"), v);
-    }
-    if let Some(k) = api_key.and_then(|k| HeaderValue::from_str(&format!("Bearer {k}")).ok()) {
-        out.insert(http::header::AUTHORIZATION, k);
     }
     out
 }
@@ -210,6 +243,22 @@ mod tests {
         ));
         let deep = "[".repeat(10_000);
         assert!(prepare(Endpoint::Chat, Bytes::from(deep), &aliases).is_err());
+        for (body, param) in [
+            (
+                &br#"{"model":"m","messages":[],"stream":"yes"}"#[..],
+                "stream",
+            ),
+            (br#"{"model":"m","messages":[],"stream":1}"#, "stream"),
+            (
+                br#"{"model":"m","messages":[],"stream":true,"stream_options":"x"}"#,
+                "stream_options",
+            ),
+        ] {
+            match prepare(Endpoint::Chat, Bytes::from_static(body), &aliases) {
+                Err(GatewayError::InvalidRequest { param: Some(p), .. }) => assert_eq!(p, param),
+                _ => panic!("{} accepted", String::from_utf8_lossy(body)),
+            }
+        }
     }
 
     #[test]
@@ -218,16 +267,11 @@ mod tests {
         h.insert("authorization", HeaderValue::from_static("Bearer client"));
         h.insert("cookie", HeaderValue::from_static("a=b"));
         h.insert("user-agent", HeaderValue::from_static("ua"));
-        let out = upstream_headers(&h, "rid", None);
+        let out = upstream_headers(&h, "rid");
         assert!(out.get("authorization").is_none() && out.get("cookie").is_none());
         assert_eq!(
             out.get("user-agent").map(|v| v.as_bytes()),
             Some(&b"ua"[..])
-        );
-        let out = upstream_headers(&h, "rid", Some("vk"));
-        assert_eq!(
-            out.get("authorization").map(|v| v.as_bytes()),
-            Some(&b"Bearer vk"[..])
         );
     }
 }

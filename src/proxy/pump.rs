@@ -3,10 +3,18 @@
 //! and writes frames to a bounded channel that the client's response body drains. A slow
 //! client therefore slows the pump (backpressure) instead of growing memory.
 //!
+//! The pump owns the server's in-flight slot and the gateway's concurrency permit: both are
+//! released when the upstream side is done, not when a slow client finishes reading.
+//!
+//! Before the first upstream event the server's liveness decides how long to wait (bounded
+//! by the request deadline), and the client gets an SSE comment every
+//! `STREAM_KEEPALIVE_INTERVAL` so idle timeouts of load balancers do not cut it; after it,
+//! `STREAM_IDLE_TIMEOUT` bounds the silence between events.
+//!
 //! Every way a stream can end is terminal and explicit: `[DONE]` after a clean finish, or
-//! one SSE error event in the OpenAI shape followed by `[DONE]` (upstream reset, idle
-//! timeout, cancellation, a crashed stream actor). A client that goes away cancels the
-//! upstream at once: the pump drops the upstream response, which closes its connection.
+//! one SSE error event in the OpenAI shape followed by `[DONE]` (upstream reset, bad bytes,
+//! idle timeout, server found dead, cancellation, a crashed stream actor). A mid-stream
+//! failure never flushes held tool-call text with a finish the server never sent.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,17 +22,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
-use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http::{header, HeaderValue, Response, StatusCode};
+use llmmux_actors::backend::{BackendHandle, Observed};
 use llmmux_actors::stream::{PumpCtx, PumpEvent, StreamJob, StreamMsg};
-use llmmux_actors::table::{BackendHandle, InFlightGuard};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{warn, Instrument};
 
-use super::retry::ActiveGuard;
-use super::Endpoint;
-use crate::app::AppState;
-use crate::http::body::{Body, ChannelBody};
-use crate::http::error::GatewayError;
+use super::{Endpoint, Proxy, StreamGuards};
+use crate::body::{Body, ChannelBody};
+use crate::config::Config;
+use crate::error::GatewayError;
+use crate::outcome::Outcome;
 use crate::toolcall::{Emit, Family, RequestTools, StreamRepair};
 
 /// Frames buffered between pump and client.
@@ -34,98 +44,121 @@ const ERROR_WAIT: Duration = Duration::from_secs(5);
 /// Shorter when cancelled: shutdown or a dead stream actor must not linger.
 const CANCEL_WAIT: Duration = Duration::from_secs(1);
 
+const KEEPALIVE: &[u8] = b": keep-alive\n\n";
+
 pub struct Relay {
     pub ep: Endpoint,
-    pub rid: String,
     pub client_wants_usage: bool,
     pub repair: Option<(Family, RequestTools)>,
+    pub outcome: Outcome,
+    /// The request's deadline, which bounds the wait for the first event.
+    pub deadline: Instant,
 }
 
-type Guards = (InFlightGuard, OwnedSemaphorePermit, ActiveGuard);
-
 pub async fn start_stream(
-    state: &Arc<AppState>,
+    proxy: &Proxy,
+    cfg: &Config,
     relay: Relay,
     resp: reqwest::Response,
-    first: Bytes,
-    up_headers: &HeaderMap,
-    guards: Guards,
-) -> Response<Body> {
+    first: Option<Bytes>,
+    guards: StreamGuards,
+) -> Result<Response<Body>, GatewayError> {
     let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_FRAMES);
     let backend = guards.0.backend().clone();
+    let content_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    let got_first = first.is_some();
     let upstream = Box::pin(
-        futures_util::stream::once(async move { Ok::<Bytes, reqwest::Error>(first) })
+        futures_util::stream::iter(first.map(Ok::<Bytes, reqwest::Error>))
             .chain(resp.bytes_stream()),
     );
-    let idle = state.cfg.stream_idle_timeout;
     let repair = relay.repair.map(|(family, tools)| {
         StreamRepair::new(
             family,
             tools,
-            state.cfg.tool_call_options.clone(),
-            state.toolcalls.clone(),
+            cfg.tool_call_options.clone(),
+            proxy.toolcalls.clone(),
         )
     });
-    let span = tracing::Span::current();
-    let rid = relay.rid.clone();
     let pump = Pump {
         tx,
+        _guards: guards,
+        dead: backend.liveness(),
         backend,
-        idle,
+        idle: cfg.stream_idle_timeout,
+        keepalive: cfg.stream_keepalive_interval,
+        probe_every: cfg.on_demand_probe_interval,
+        deadline: relay.deadline,
+        started: got_first,
+        last_sent: Instant::now(),
+        next_probe: Instant::now() + cfg.on_demand_probe_interval,
         client_wants_usage: relay.client_wants_usage,
         repair,
-        chunks: 0,
+        outcome: relay.outcome,
+        content_chunks: 0,
     };
     let sse = relay.ep.reports_usage();
+    let span = tracing::Span::current();
     let job = StreamJob {
-        request_id: rid,
+        request_id: pump.outcome.id(),
         pump: Box::new(move |ctx: PumpCtx| {
             Box::pin(
                 async move {
                     let events = ctx.events.clone();
-                    let _ = events.cast(StreamMsg::Pump(PumpEvent::FirstByte));
-                    let (outcome, chunks) = if sse {
-                        pump.run_sse(upstream, &ctx).await
+                    if sse {
+                        pump.run_sse(upstream, &ctx).await;
                     } else {
-                        pump.run_raw(upstream, &ctx).await
-                    };
-                    let _ = events.cast(StreamMsg::Pump(PumpEvent::Finished { outcome, chunks }));
+                        pump.run_raw(upstream, &ctx).await;
+                    }
+                    let _ = events.cast(StreamMsg::Pump(PumpEvent::Finished));
                 }
                 .instrument(span),
             )
         }),
     };
-    if let Err(e) = state.streams.spawn(job).await {
+    if let Err(e) = proxy.streams.spawn(job).await {
         warn!(error = %e, "could not start a stream actor");
-        return GatewayError::Internal.into_response();
+        return Err(GatewayError::Internal);
     }
-    let mut resp = Response::new(ChannelBody::boxed_body(rx, guards));
+    let mut resp = Response::new(ChannelBody::boxed_body(rx));
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        up_headers
-            .get(header::CONTENT_TYPE)
-            .cloned()
-            .unwrap_or(HeaderValue::from_static("text/event-stream; charset=utf-8")),
-    );
+    h.insert(header::CONTENT_TYPE, content_type);
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    resp
+    Ok(resp)
 }
 
 struct Pump {
     tx: mpsc::Sender<Bytes>,
+    /// Released when the pump ends.
+    _guards: StreamGuards,
     backend: Arc<BackendHandle>,
+    dead: CancellationToken,
     idle: Duration,
+    keepalive: Duration,
+    probe_every: Duration,
+    deadline: Instant,
+    /// The first upstream bytes arrived.
+    started: bool,
+    last_sent: Instant,
+    /// While waiting for the first event, the server is probed on demand this often.
+    next_probe: Instant,
     client_wants_usage: bool,
     repair: Option<StreamRepair>,
-    chunks: u64,
+    outcome: Outcome,
+    /// Chunks with generated content: the completion-token estimate of a stream cut short
+    /// before vLLM's usage chunk (vLLM sends one token per chunk).
+    content_chunks: u64,
 }
 
-/// Why the pump stopped reading.
+/// Why the pump stopped reading, or what it should do next.
 enum Step<T> {
     Item(T),
+    KeepAlive,
     End,
     Failed(GatewayError, &'static str),
     ClientGone,
@@ -164,20 +197,44 @@ fn usage_of(data: &str) -> Option<(u64, u64)> {
 }
 
 impl Pump {
-    async fn next<S, T, E>(&self, s: &mut S, ctx: &PumpCtx) -> Step<T>
+    async fn next<S, T, E>(&mut self, s: &mut S, ctx: &PumpCtx) -> Step<T>
     where
         S: Stream<Item = Result<T, E>> + Unpin,
     {
-        tokio::select! {
-            biased;
-            _ = ctx.cancel.cancelled() => Step::Cancelled,
-            _ = self.tx.closed() => Step::ClientGone,
-            r = tokio::time::timeout(self.idle, s.next()) => match r {
-                Err(_) => Step::Failed(GatewayError::UpstreamTimeout, "upstream_idle"),
-                Ok(None) => Step::End,
-                Ok(Some(Err(_))) => Step::Failed(GatewayError::UpstreamFailed, "upstream_error"),
-                Ok(Some(Ok(item))) => Step::Item(item),
-            }
+        // Before the first event only liveness and the deadline bound the wait (a long
+        // prefill on a busy GPU); after it, the idle timeout does.
+        let silence_limit = if self.started {
+            Instant::now() + self.idle
+        } else {
+            self.deadline
+        };
+        loop {
+            let keepalive_at = self.last_sent + self.keepalive;
+            return tokio::select! {
+                biased;
+                _ = ctx.cancel.cancelled() => Step::Cancelled,
+                _ = self.tx.closed() => Step::ClientGone,
+                _ = self.dead.cancelled() => Step::Failed(GatewayError::UpstreamDown, "upstream_down"),
+                r = s.next() => match r {
+                    None => Step::End,
+                    Some(Err(_)) => Step::Failed(GatewayError::UpstreamFailed, "upstream_reset"),
+                    Some(Ok(item)) => {
+                        self.started = true;
+                        Step::Item(item)
+                    }
+                },
+                _ = tokio::time::sleep_until(keepalive_at) => Step::KeepAlive,
+                _ = tokio::time::sleep_until(silence_limit) => if self.started {
+                    Step::Failed(GatewayError::UpstreamTimeout, "upstream_idle")
+                } else {
+                    Step::Failed(GatewayError::UpstreamTimeout, "upstream_timeout")
+                },
+                _ = tokio::time::sleep_until(self.next_probe), if !self.started => {
+                    self.backend.probe_now();
+                    self.next_probe = Instant::now() + self.probe_every;
+                    continue;
+                }
+            };
         }
     }
 
@@ -186,7 +243,7 @@ impl Pump {
             biased;
             _ = ctx.cancel.cancelled() => false,
             r = self.tx.send(bytes) => {
-                self.chunks += 1;
+                self.last_sent = Instant::now();
                 r.is_ok()
             }
         }
@@ -195,31 +252,33 @@ impl Pump {
     /// Forward one upstream payload after usage filtering.
     async fn emit(&mut self, data: &str, ctx: &PumpCtx) -> bool {
         if let Some((p, c)) = usage_of(data) {
-            let _ = ctx.events.cast(StreamMsg::Pump(PumpEvent::Usage {
-                prompt_tokens: p,
-                completion_tokens: c,
-            }));
+            self.outcome.usage(p, c);
             if !self.client_wants_usage {
                 return true;
             }
+        } else if data.starts_with("{\"error\"") {
+            // vLLM's in-band error event: relayed as is, and the stream failed.
+            self.outcome.fail("upstream_error");
+        } else {
+            self.content_chunks += 1;
         }
         self.send(frame(data), ctx).await
     }
 
-    async fn run_sse<S>(mut self, upstream: S, ctx: &PumpCtx) -> (&'static str, u64)
+    async fn run_sse<S>(mut self, upstream: S, ctx: &PumpCtx)
     where
         S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
     {
         let mut events = upstream.eventsource();
-        let outcome = loop {
+        loop {
             match self.next(&mut events, ctx).await {
                 Step::Item(ev) => {
                     let data = ev.data;
                     if data == "[DONE]" {
                         self.flush_repair(ctx).await;
                         let _ = self.send(frame("[DONE]"), ctx).await;
-                        self.backend.record_outcome(false);
-                        break "ok";
+                        self.backend.observe(Observed::Success);
+                        break;
                     }
                     let replaced = match self.repair.as_mut() {
                         Some(r) => match r.push(&data) {
@@ -239,54 +298,84 @@ impl Pump {
                         }
                     };
                     if !ok {
-                        break self.send_failed(ctx).await;
+                        self.send_failed(ctx).await;
+                        break;
+                    }
+                }
+                Step::KeepAlive => {
+                    if !self.send(Bytes::from_static(KEEPALIVE), ctx).await {
+                        self.send_failed(ctx).await;
+                        break;
                     }
                 }
                 Step::End => {
-                    self.flush_repair(ctx).await;
-                    self.backend.record_outcome(true);
-                    break self
-                        .fail_with("upstream_closed", GatewayError::UpstreamFailed, ERROR_WAIT)
+                    self.upstream_failed("upstream_closed", GatewayError::UpstreamFailed)
                         .await;
+                    break;
                 }
                 Step::Failed(e, why) => {
-                    self.flush_repair(ctx).await;
-                    self.backend.record_outcome(true);
-                    break self.fail_with(why, e, ERROR_WAIT).await;
+                    self.upstream_failed(why, e).await;
+                    break;
                 }
-                Step::ClientGone => break "client_gone",
-                Step::Cancelled => break self.cancelled().await,
+                Step::ClientGone => {
+                    self.outcome.fail("client_gone");
+                    break;
+                }
+                Step::Cancelled => {
+                    self.cancelled().await;
+                    break;
+                }
             }
-        };
-        (outcome, self.chunks)
+        }
+        if self.content_chunks > 0 {
+            let estimate = self.content_chunks;
+            self.outcome.update(|r| {
+                r.completion_tokens.get_or_insert(estimate);
+            });
+        }
     }
 
-    async fn run_raw<S>(mut self, mut upstream: S, ctx: &PumpCtx) -> (&'static str, u64)
+    async fn run_raw<S>(mut self, mut upstream: S, ctx: &PumpCtx)
     where
         S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
     {
-        let outcome = loop {
+        loop {
             match self.next(&mut upstream, ctx).await {
                 Step::Item(b) => {
                     if !self.send(b, ctx).await {
-                        break self.send_failed(ctx).await;
+                        self.send_failed(ctx).await;
+                        break;
                     }
                 }
+                // Raw bytes are not framed here: a comment is safe only before the first.
+                Step::KeepAlive if !self.started => {
+                    if !self.send(Bytes::from_static(KEEPALIVE), ctx).await {
+                        self.send_failed(ctx).await;
+                        break;
+                    }
+                }
+                Step::KeepAlive => self.last_sent = Instant::now(),
                 Step::End => {
-                    self.backend.record_outcome(false);
-                    break "ok";
+                    self.backend.observe(Observed::Success);
+                    break;
                 }
                 Step::Failed(e, why) => {
-                    self.backend.record_outcome(true);
-                    break self.fail_with(why, e, ERROR_WAIT).await;
+                    self.upstream_failed(why, e).await;
+                    break;
                 }
-                Step::ClientGone => break "client_gone",
-                Step::Cancelled => break self.cancelled().await,
+                Step::ClientGone => {
+                    self.outcome.fail("client_gone");
+                    break;
+                }
+                Step::Cancelled => {
+                    self.cancelled().await;
+                    break;
+                }
             }
-        };
-        (outcome, self.chunks)
+        }
     }
 
+    /// A normal end (`[DONE]`): decide the tool-call text still held.
     async fn flush_repair(&mut self, ctx: &PumpCtx) {
         if let Some(r) = self.repair.as_mut() {
             for d in r.finish() {
@@ -297,30 +386,35 @@ impl Pump {
         }
     }
 
+    /// The upstream failed mid-stream: held text is dropped (emitting it would claim a
+    /// finish the server never sent), the server's failure counts, and the client gets
+    /// the error event.
+    async fn upstream_failed(&mut self, why: &'static str, e: GatewayError) {
+        self.repair = None;
+        self.backend.observe(Observed::ServerFailure);
+        self.outcome.fail(why);
+        self.terminal(e, ERROR_WAIT).await;
+    }
+
     /// A send failed: either the client went away or the stream was cancelled meanwhile.
-    async fn send_failed(&mut self, ctx: &PumpCtx) -> &'static str {
+    async fn send_failed(&mut self, ctx: &PumpCtx) {
         if ctx.cancel.is_cancelled() {
-            self.cancelled().await
+            self.cancelled().await;
         } else {
-            "client_gone"
+            self.outcome.fail("client_gone");
         }
     }
 
-    async fn cancelled(&mut self) -> &'static str {
-        self.fail_with("cancelled", GatewayError::Internal, CANCEL_WAIT)
-            .await
+    async fn cancelled(&mut self) {
+        self.outcome.fail("cancelled");
+        self.terminal(GatewayError::StreamCancelled, CANCEL_WAIT)
+            .await;
     }
 
     /// Send the terminal error event (then the stream closes). A slow client gets at most
     /// `wait` to take it; the upstream is dropped either way.
-    async fn fail_with(
-        &mut self,
-        why: &'static str,
-        e: GatewayError,
-        wait: Duration,
-    ) -> &'static str {
+    async fn terminal(&mut self, e: GatewayError, wait: Duration) {
         let _ = tokio::time::timeout(wait, self.tx.send(e.sse_terminal())).await;
-        why
     }
 }
 

@@ -136,12 +136,13 @@ where
 pub async fn all_healthy(app: &App) {
     let ok = app
         .state
+        .proxy
         .registry
         .table
         .wait_for(Duration::from_secs(10), |t| {
             t.backends
                 .values()
-                .all(|e| e.health == llmmux_actors::table::HealthState::Healthy)
+                .all(|e| *e.health() == llmmux_actors::table::HealthState::Healthy)
         })
         .await;
     assert!(ok, "servers did not become healthy");
@@ -166,4 +167,9 @@ pub fn stream_text(events: &[String]) -> String {
                 .map(str::to_owned)
         })
         .collect()
+}
+
+/// The gateway's id of a simulated server (derived from its URL).
+pub fn id_of(s: &SimHandle) -> String {
+    llmmux_actors::backend::BackendId::from_url(&s.base_url()).to_string()
 }

@@ -174,7 +174,16 @@ impl ThrowawayPg {
         }
         let data = dir.path().join("data");
         let out = as_pg("initdb")
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "-D"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
             .arg(&data)
             .output()
             .expect("initdb runs (is PostgreSQL installed?)");

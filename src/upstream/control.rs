@@ -1,67 +1,30 @@
-//! HTTP client for the vLLM servers, and the port implementations the actors use.
-//!
-//! One `reqwest` client (pooled, HTTP/1.1 keep-alive, no redirects followed, optional private
-//! CA) serves both the request hot path and the control plane (probes, discovery).
+//! Probes and model listing over HTTP: the `Prober` and `ModelLister` ports.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use llmmux_actors::backend::{BackendHandle, HealthCheck};
 use llmmux_actors::ports::{BoxFuture, ModelLister, Prober};
 use llmmux_actors::table::ModelCard;
 
-use crate::config::ValidatedConfig;
+use super::ServerExt;
 
 /// Largest `/v1/models` answer accepted (a misbehaving server must not blow up memory).
 const MAX_MODELS_BODY: usize = 4 * 1024 * 1024;
 /// Most model ids taken from one server.
 const MAX_MODELS_PER_SERVER: usize = 4096;
 
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamSetupError {
-    #[error("UPSTREAM_CA_FILE: {0}")]
-    CaFile(String),
-    #[error("cannot build the HTTP client: {0}")]
-    Client(String),
-}
-
-pub fn build_client(cfg: &ValidatedConfig) -> Result<reqwest::Client, UpstreamSetupError> {
-    let mut b = reqwest::Client::builder()
-        .connect_timeout(cfg.connect_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .tcp_nodelay(true)
-        .http1_only();
-    if let Some(path) = &cfg.upstream_ca_file {
-        let pem = std::fs::read(path).map_err(|e| UpstreamSetupError::CaFile(e.to_string()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| UpstreamSetupError::CaFile(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(UpstreamSetupError::CaFile(
-                "no certificate found in the file".into(),
-            ));
-        }
-        for c in certs {
-            b = b.add_root_certificate(c);
-        }
-    }
-    b.build()
-        .map_err(|e| UpstreamSetupError::Client(e.to_string()))
-}
-
-/// Probes and model listing over HTTP.
+/// Probes and model listing over HTTP, with each server's own credentials and headers.
 pub struct HttpControlPlane {
     pub client: reqwest::Client,
-    pub api_key: Option<String>,
 }
 
 impl HttpControlPlane {
-    fn get(&self, url: String) -> reqwest::RequestBuilder {
-        let req = self.client.get(url);
-        match &self.api_key {
-            Some(k) => req.bearer_auth(k),
-            None => req,
+    fn get(&self, backend: &BackendHandle, path: &str) -> reqwest::RequestBuilder {
+        let mut req = self.client.get(format!("{}{path}", backend.base_url));
+        if let Some(ext) = backend.ext::<ServerExt>() {
+            req = req.headers(ext.headers.clone());
         }
+        req
     }
 }
 
@@ -79,17 +42,22 @@ fn reason(e: &reqwest::Error) -> String {
 }
 
 impl Prober for HttpControlPlane {
-    fn probe<'a>(&'a self, base_url: &'a str) -> BoxFuture<'a, Result<(), String>> {
+    fn probe<'a>(&'a self, backend: &'a BackendHandle) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
+            let path = match &backend.health_check {
+                HealthCheck::Passive => return Ok(()),
+                HealthCheck::Models => "/v1/models",
+                HealthCheck::Path(p) => p,
+            };
             let resp = self
-                .get(format!("{base_url}/health"))
+                .get(backend, path)
                 .send()
                 .await
                 .map_err(|e| reason(&e))?;
             if resp.status().is_success() {
                 Ok(())
             } else {
-                Err(format!("health answered {}", resp.status().as_u16()))
+                Err(format!("health check answered {}", resp.status().as_u16()))
             }
         })
     }
@@ -98,11 +66,11 @@ impl Prober for HttpControlPlane {
 impl ModelLister for HttpControlPlane {
     fn list_models<'a>(
         &'a self,
-        base_url: &'a str,
+        backend: &'a BackendHandle,
     ) -> BoxFuture<'a, Result<Vec<ModelCard>, String>> {
         Box::pin(async move {
             let mut resp = self
-                .get(format!("{base_url}/v1/models"))
+                .get(backend, "/v1/models")
                 .send()
                 .await
                 .map_err(|e| reason(&e))?;

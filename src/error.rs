@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::json;
 
-use super::body::{full, Body};
+use crate::body::{full, Body};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
@@ -17,6 +17,10 @@ pub enum GatewayError {
     Forbidden(&'static str),
     #[error("unknown route")]
     UnknownRoute,
+    #[error("no such {what}")]
+    NotFound { what: &'static str, id: String },
+    #[error("conflict: {0}")]
+    Conflict(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("model not found: {0}")]
@@ -42,6 +46,12 @@ pub enum GatewayError {
     UpstreamTimeout,
     #[error("upstream failed")]
     UpstreamFailed,
+    #[error("upstream server found dead")]
+    UpstreamDown,
+    #[error("upstream sent an invalid stream")]
+    UpstreamProtocol,
+    #[error("stream cancelled")]
+    StreamCancelled,
     #[error("shutting down")]
     ShuttingDown,
     #[error("service unavailable: {0}")]
@@ -56,7 +66,8 @@ impl GatewayError {
         match self {
             Unauthorized => StatusCode::UNAUTHORIZED,
             Forbidden(_) => StatusCode::FORBIDDEN,
-            UnknownRoute | ModelNotFound(_) => StatusCode::NOT_FOUND,
+            UnknownRoute | ModelNotFound(_) | NotFound { .. } => StatusCode::NOT_FOUND,
+            Conflict(_) => StatusCode::CONFLICT,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -66,7 +77,8 @@ impl GatewayError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            UpstreamFailed => StatusCode::BAD_GATEWAY,
+            UpstreamFailed | UpstreamDown | UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            StreamCancelled => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -99,6 +111,13 @@ impl GatewayError {
                 None,
                 "Unknown route.".into(),
             ),
+            NotFound { what, id } => (
+                "invalid_request_error",
+                "not_found",
+                Some("id"),
+                format!("No {what} with id `{}`.", printable(id)),
+            ),
+            Conflict(why) => ("invalid_request_error", "conflict", None, printable(why)),
             MethodNotAllowed => (
                 "invalid_request_error",
                 "method_not_allowed",
@@ -178,6 +197,24 @@ impl GatewayError {
                 "The gateway is shutting down.".into(),
             ),
             Unavailable(why) => ("server_error", "unavailable", None, (*why).into()),
+            UpstreamDown => (
+                "server_error",
+                "upstream_down",
+                None,
+                "The model server stopped answering its health checks.".into(),
+            ),
+            UpstreamProtocol => (
+                "server_error",
+                "upstream_invalid_stream",
+                None,
+                "The model server sent an invalid stream.".into(),
+            ),
+            StreamCancelled => (
+                "server_error",
+                "stream_cancelled",
+                None,
+                "The stream was cancelled by the gateway (shutdown or internal failure).".into(),
+            ),
             Internal => (
                 "server_error",
                 "internal_error",
@@ -185,6 +222,11 @@ impl GatewayError {
                 "Internal gateway error.".into(),
             ),
         }
+    }
+
+    /// The `code` of the OpenAI envelope, also the error kind of the outcome record.
+    pub fn code(&self) -> &'static str {
+        self.parts().1
     }
 
     pub fn body_json(&self) -> serde_json::Value {

@@ -1,0 +1,187 @@
+//! From configuration (`BACKENDS`, `VLLM_SERVERS`, YAML `servers:`) or an admin request to
+//! the [`BackendSpec`]s the registry serves. Ids are stable: a YAML `name`, or derived from
+//! the URL, so reordering the configuration renames nothing.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use llmmux_actors::backend::{BackendId, BackendSpec, HealthCheck, PassivePolicy};
+
+use crate::config::{normalize_base_url, Config, HealthOption, Secret, ServerOptions};
+
+/// What the HTTP layer sends to one server besides the request itself: its credentials
+/// (a per-server key, else `VLLM_API_KEY`) and extra headers. Built once per server.
+#[derive(Debug, Default, Clone)]
+pub struct ServerExt {
+    pub headers: HeaderMap,
+}
+
+impl ServerExt {
+    fn new(key: Option<&Secret>, extra: &[(String, String)]) -> Result<Self, String> {
+        let mut headers = HeaderMap::new();
+        for (k, v) in extra {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("headers: {k:?} is not a header name"))?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|_| format!("headers: the value of {k:?} is not valid"))?;
+            headers.insert(name, value);
+        }
+        if let Some(k) = key {
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", k.expose()))
+                .map_err(|_| "api_key: not a valid header value".to_owned())?;
+            v.set_sensitive(true);
+            headers.insert(http::header::AUTHORIZATION, v);
+        }
+        Ok(Self { headers })
+    }
+}
+
+fn passive(cfg: &Config) -> PassivePolicy {
+    PassivePolicy {
+        consecutive: cfg.failure_threshold,
+        rate: cfg.failure_rate_percent as f32 / 100.0,
+    }
+}
+
+/// One server being assembled from several configuration sources.
+struct Plan {
+    url: String,
+    name: Option<String>,
+    models: Vec<String>,
+    discover: bool,
+    max_in_flight: u32,
+    health: HealthOption,
+    key: Option<Secret>,
+    headers: Vec<(String, String)>,
+}
+
+impl Plan {
+    fn spec(self, id: BackendId, cfg: &Config) -> Result<BackendSpec, String> {
+        let key = self.key.as_ref().or(cfg.vllm_api_key.as_ref());
+        let ext = ServerExt::new(key, &self.headers)?;
+        Ok(BackendSpec {
+            id,
+            base_url: self.url.into(),
+            static_models: self.models.iter().map(|m| Arc::from(m.as_str())).collect(),
+            discover: self.discover,
+            max_in_flight: self.max_in_flight,
+            health: match self.health {
+                HealthOption::Path(p) => HealthCheck::Path(p.into()),
+                HealthOption::Models => HealthCheck::Models,
+                HealthOption::None => HealthCheck::Passive,
+            },
+            passive: passive(cfg),
+            ext: Arc::new(ext),
+        })
+    }
+
+    fn apply(&mut self, o: &ServerOptions) -> Result<(), String> {
+        if o.name.is_some() {
+            self.name = o.name.clone();
+        }
+        self.discover = o.discover;
+        if let Some(n) = o.max_in_flight {
+            self.max_in_flight = n;
+        }
+        for m in &o.models {
+            if !self.models.contains(m) {
+                self.models.push(m.clone());
+            }
+        }
+        self.health = o.health()?;
+        self.key = o.key()?;
+        self.headers = o
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(())
+    }
+}
+
+fn plan(url: String, cfg: &Config) -> Plan {
+    Plan {
+        url,
+        name: None,
+        models: Vec::new(),
+        discover: false,
+        max_in_flight: cfg.max_in_flight_per_server,
+        health: HealthOption::Path("/health".into()),
+        key: None,
+        headers: Vec::new(),
+    }
+}
+
+/// Every server the configuration names. The configuration was validated, so entries that
+/// still fail here are skipped (with the reason in the log).
+pub fn specs_from_config(cfg: &Config) -> Vec<BackendSpec> {
+    let mut plans: Vec<Plan> = Vec::new();
+    fn entry<'a>(plans: &'a mut Vec<Plan>, url: &str, cfg: &Config) -> &'a mut Plan {
+        let i = match plans.iter().position(|p| p.url == url) {
+            Some(i) => i,
+            None => {
+                plans.push(plan(url.to_owned(), cfg));
+                plans.len() - 1
+            }
+        };
+        &mut plans[i]
+    }
+    for url in &cfg.vllm_servers {
+        entry(&mut plans, url, cfg).discover = true;
+    }
+    for b in &cfg.backends {
+        let p = entry(&mut plans, &b.url, cfg);
+        if !p.models.contains(&b.model) {
+            p.models.push(b.model.clone());
+        }
+    }
+    for o in &cfg.server_options {
+        let Ok(url) = normalize_base_url(&o.url) else {
+            continue;
+        };
+        if let Err(e) = entry(&mut plans, &url, cfg).apply(o) {
+            tracing::warn!(reason = %e, "server options skipped");
+        }
+    }
+    let mut specs: Vec<BackendSpec> = Vec::new();
+    for p in plans {
+        let id = unique_id(&specs, p.name.clone(), &p.url);
+        match p.spec(id, cfg) {
+            Ok(s) => specs.push(s),
+            Err(e) => tracing::warn!(reason = %e, "server skipped"),
+        }
+    }
+    specs
+}
+
+/// A URL-derived id, made unique against `taken` (http and https of one host, say).
+fn unique_id(taken: &[BackendSpec], name: Option<String>, url: &str) -> BackendId {
+    if let Some(n) = name {
+        return BackendId::new(n);
+    }
+    let base = BackendId::from_url(url);
+    if !taken.iter().any(|s| s.id == base) {
+        return base;
+    }
+    (2..)
+        .map(|n| BackendId::new(format!("{base}-{n}")))
+        .find(|id| !taken.iter().any(|s| &s.id == id))
+        .unwrap_or(base)
+}
+
+/// A server added at runtime (`POST /admin/backends`): the same options as YAML.
+pub fn spec_from_options(o: &ServerOptions, cfg: &Config) -> Result<BackendSpec, Vec<String>> {
+    let problems = o.problems();
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let url = normalize_base_url(&o.url).map_err(|e| vec![format!("url: {e}")])?;
+    let mut p = plan(url, cfg);
+    p.apply(o).map_err(|e| vec![e])?;
+    let id = p
+        .name
+        .clone()
+        .map(BackendId::new)
+        .unwrap_or_else(|| BackendId::from_url(&p.url));
+    p.spec(id, cfg).map_err(|e| vec![e])
+}
