@@ -420,3 +420,135 @@ impl RegistryHandle {
         self.call(timeout, RegistryMsg::Sync).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{HealthCheck, Observed, PassivePolicy};
+    use std::collections::BTreeMap;
+
+    struct NoHealth;
+    impl HealthSpawner for NoHealth {
+        fn start(&self, _: Arc<BackendHandle>) {}
+        fn stop(&self, _: &BackendId) {}
+    }
+
+    fn spec(id: &str) -> BackendSpec {
+        BackendSpec {
+            id: BackendId::new(id),
+            base_url: format!("http://{id}").into(),
+            static_models: vec!["m".into()],
+            discover: false,
+            max_in_flight: 0,
+            health: HealthCheck::Passive,
+            passive: PassivePolicy {
+                consecutive: 5,
+                rate: 1.0,
+            },
+            ext: Arc::new(()),
+        }
+    }
+
+    async fn registry(ids: &[&str]) -> (RegistryHandle, Slot<RegistryMsg>) {
+        let slot: Slot<RegistryMsg> = Slot::default();
+        let backends: BTreeMap<_, _> = ids
+            .iter()
+            .map(|id| {
+                let s = spec(id);
+                let h = Arc::new(BackendHandle::new(&s, slot.clone()));
+                (
+                    s.id,
+                    BackendEntry::new(h, vec![ModelCard::bare("m")], false),
+                )
+            })
+            .collect();
+        let shared = SharedTable::new(RoutingTable::new(1, backends));
+        let args = RegistryArgs {
+            shared: shared.clone(),
+            eject: EjectPolicy::default(),
+            health: Arc::new(NoHealth),
+            slot: slot.clone(),
+        };
+        let (actor, _) = Actor::spawn(None, RegistryActor, args)
+            .await
+            .expect("spawn registry");
+        let handle = RegistryHandle {
+            slot: slot.clone(),
+            table: shared,
+            route_timeout: Duration::from_millis(50),
+            route_via_actor: true,
+        };
+        // Held back until the test lets messages through.
+        slot.clear();
+        (handle, {
+            let s = Slot::default();
+            s.set(actor);
+            s
+        })
+    }
+
+    fn ejected(h: &RegistryHandle, id: &str) -> bool {
+        matches!(
+            h.table.load().backends[&BackendId::new(id)].health(),
+            HealthState::Ejected { .. }
+        )
+    }
+
+    #[tokio::test]
+    async fn a_lost_trip_is_repaired_by_the_next_failure() {
+        let (h, actor) = registry(&["a", "b"]).await;
+        let a = h.table.load().backends[&BackendId::new("a")].handle.clone();
+        // The threshold is crossed while the registry is away: that trip is lost.
+        for _ in 0..5 {
+            a.observe(Observed::ServerFailure);
+        }
+        h.slot.set(actor.get().expect("actor"));
+        h.sync(Duration::from_secs(1)).await.expect("sync");
+        assert!(!ejected(&h, "a"));
+        // At or above the threshold, the next failure trips again.
+        a.observe(Observed::ServerFailure);
+        h.sync(Duration::from_secs(1)).await.expect("sync");
+        assert!(ejected(&h, "a"), "tripped at 6 failures (threshold 5)");
+    }
+
+    #[tokio::test]
+    async fn two_trips_at_once_never_eject_the_last_routable_server() {
+        let (h, actor) = registry(&["a", "b"]).await;
+        h.slot.set(actor.get().expect("actor"));
+        let table = h.table.load();
+        for id in ["a", "b"] {
+            for _ in 0..5 {
+                table.backends[&BackendId::new(id)]
+                    .handle
+                    .observe(Observed::ServerFailure);
+            }
+        }
+        h.sync(Duration::from_secs(1)).await.expect("sync");
+        let out = ["a", "b"].iter().filter(|id| ejected(&h, id)).count();
+        assert_eq!(out, 1, "exactly one of the two is ejected");
+        assert_eq!(h.table.load().routable_for("m").count(), 1);
+    }
+
+    #[tokio::test]
+    async fn servers_are_added_and_removed_at_runtime() {
+        let (h, actor) = registry(&["a"]).await;
+        h.slot.set(actor.get().expect("actor"));
+        let mut s = spec("c");
+        s.static_models = vec!["n".into()];
+        h.add(s.clone()).await.expect("answer").expect("added");
+        assert!(h.table.load().knows_model("n"));
+        assert_eq!(
+            h.add(s).await.expect("answer"),
+            Err(MembershipError::DuplicateId("c".into()))
+        );
+        assert!(h
+            .drain_and_remove(BackendId::new("c"), Duration::from_secs(1))
+            .await
+            .expect("answer"));
+        assert!(!h.table.load().knows_model("n"));
+        assert!(!h
+            .drain_and_remove(BackendId::new("zz"), Duration::from_secs(1))
+            .await
+            .expect("answer"));
+    }
+}

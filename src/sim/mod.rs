@@ -45,6 +45,13 @@ pub struct SimConfig {
     pub tool_text: Option<ToolText>,
     /// When set, `/v1/*` requires `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
+    /// Streams: delay between the response headers and the first SSE event (queueing and
+    /// prefill on a busy GPU; vLLM sends its headers at once). Non-stream: added before
+    /// the answer.
+    pub prefill_ms: u64,
+    /// The health route (`/health` like vLLM, SGLang, llama.cpp); `None` for engines and
+    /// providers without one (Ollama, hosted APIs): it answers 404.
+    pub health_path: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -58,6 +65,8 @@ impl Default for SimConfig {
             completion_tokens: 16,
             tool_text: None,
             api_key: None,
+            prefill_ms: 0,
+            health_path: Some("/health".into()),
         }
     }
 }
@@ -138,6 +147,15 @@ pub enum Fault {
     /// Streams: N SSE events, then a vLLM in-stream error event
     /// `data: {"error":{..,"code":500}}` and `data: [DONE]`. Non-stream: 500.
     ErrorAfter(u32),
+    /// Every `every`-th inference request (the 1st, the `every+1`-th, ...) answers `status`;
+    /// the others are served normally.
+    StatusEvery { status: u16, every: u32 },
+    /// Streams: N SSE events, then bytes that are not UTF-8, then the rest of the stream.
+    BadUtf8After(u32),
+    /// Streams: N SSE events, then one `data:` event of this many bytes, then the rest.
+    HugeEvent { after: u32, bytes: u64 },
+    /// Streams: the last event (`data: [DONE]`) is not followed by its blank line.
+    NoFinalBlankLine,
 }
 
 impl FromStr for Fault {
@@ -175,6 +193,41 @@ impl FromStr for Fault {
             "drip" => Fault::Drip(num("MS")?),
             "model_not_found" => Fault::ModelNotFound,
             "error_after" => Fault::ErrorAfter(n32("N")?),
+            "status_every" => {
+                let a = arg.ok_or_else(|| ParseSimError("status_every needs =STATUS/N".into()))?;
+                let (st, n) = a
+                    .split_once('/')
+                    .ok_or_else(|| ParseSimError("status_every needs =STATUS/N".into()))?;
+                let status = st
+                    .trim()
+                    .parse::<u16>()
+                    .map_err(|_| ParseSimError("status_every: bad status".into()))?;
+                let every = n
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| ParseSimError("status_every: bad N".into()))?;
+                Fault::StatusEvery { status, every }
+            }
+            "bad_utf8_after" => Fault::BadUtf8After(n32("N")?),
+            "huge_event" => {
+                let a = arg.ok_or_else(|| ParseSimError("huge_event needs =AFTER:BYTES".into()))?;
+                let (after, bytes) = a
+                    .split_once(':')
+                    .ok_or_else(|| ParseSimError("huge_event needs =AFTER:BYTES".into()))?;
+                Fault::HugeEvent {
+                    after: after
+                        .trim()
+                        .parse()
+                        .map_err(|_| ParseSimError("huge_event: bad AFTER".into()))?,
+                    bytes: bytes
+                        .trim()
+                        .parse()
+                        .map_err(|_| ParseSimError("huge_event: bad BYTES".into()))?,
+                }
+            }
+            "no_final_blank_line" => Fault::NoFinalBlankLine,
             other => return Err(ParseSimError(format!("unknown fault `{other}`"))),
         })
     }
@@ -192,6 +245,10 @@ impl fmt::Display for Fault {
             Fault::Drip(ms) => write!(f, "drip={ms}"),
             Fault::ModelNotFound => write!(f, "model_not_found"),
             Fault::ErrorAfter(n) => write!(f, "error_after={n}"),
+            Fault::StatusEvery { status, every } => write!(f, "status_every={status}/{every}"),
+            Fault::BadUtf8After(n) => write!(f, "bad_utf8_after={n}"),
+            Fault::HugeEvent { after, bytes } => write!(f, "huge_event={after}:{bytes}"),
+            Fault::NoFinalBlankLine => write!(f, "no_final_blank_line"),
         }
     }
 }
@@ -233,6 +290,8 @@ struct Counters {
 
 struct Mutable {
     cfg: SimConfig,
+    /// Accept connections but answer nothing at all, health checks included.
+    silent: bool,
     fault: Fault,
     health: u16,
     last_headers: Vec<(String, String)>,
@@ -288,6 +347,10 @@ impl SimHandle {
     /// Status `/health` and `/ping` answer (always with an empty body).
     pub fn set_health(&self, status: u16) {
         self.shared.lock().health = status;
+    }
+    /// Accept connections but never answer anything, `/health` included (a wedged host).
+    pub fn set_silent(&self, silent: bool) {
+        self.shared.lock().silent = silent;
     }
     pub fn set_models(&self, models: Vec<String>) {
         self.shared.lock().cfg.models = models;
@@ -350,6 +413,7 @@ pub async fn start(
             cfg,
             fault: Fault::None,
             health: 200,
+            silent: false,
             last_headers: Vec::new(),
             last_body: None,
         }),

@@ -308,7 +308,13 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>, ctl: ConnCtl) -> Re
     let c = &shared.counters;
     c.requests.fetch_add(1, Ordering::SeqCst);
 
-    let api_key = shared.lock().cfg.api_key.clone();
+    let (api_key, silent, health_path) = {
+        let m = shared.lock();
+        (m.cfg.api_key.clone(), m.silent, m.cfg.health_path.clone())
+    };
+    if silent {
+        std::future::pending::<()>().await;
+    }
     if let Some(key) = api_key {
         let guarded = path.starts_with("/v1") || path.starts_with("/v2");
         let ok = req
@@ -328,7 +334,13 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>, ctl: ConnCtl) -> Re
         c.inference_requests.fetch_add(1, Ordering::SeqCst);
         return inference(kind, req, shared, ctl).await;
     }
+    if health_path.as_deref() == Some(path.as_str()) && path != "/health" {
+        c.health_probes.fetch_add(1, Ordering::SeqCst);
+        let status = shared.lock().health;
+        return empty(status);
+    }
     match path.as_str() {
+        "/health" if health_path.as_deref() != Some("/health") => not_found(),
         "/health" | "/ping" => {
             if !(method == Method::GET || (path == "/ping" && method == Method::POST)) {
                 return method_not_allowed();
@@ -493,6 +505,15 @@ async fn inference(
         None => global_fault,
     };
     let mut guard = ReqGuard::new(shared.clone());
+    let n = shared.counters.inference_requests.load(Ordering::SeqCst);
+    let fault = match fault {
+        // inference_requests was counted before this call: the first request is n == 1.
+        Fault::StatusEvery { status, every } if (n - 1) % u64::from(every) == 0 => {
+            Fault::Status(status)
+        }
+        Fault::StatusEvery { .. } => Fault::None,
+        other => other,
+    };
 
     match fault {
         Fault::Hang => {
@@ -567,14 +588,15 @@ async fn inference(
                 return error_response(&vllm::api_error(500, "Simulated engine failure.", None));
             }
             // Generation time: first token after ttft, then one token per token_delay.
-            let gen_ms = if completion_tokens > 0 {
-                cfg.ttft_ms
-                    + cfg
-                        .token_delay_ms
-                        .saturating_mul(completion_tokens.saturating_sub(1))
-            } else {
-                0
-            };
+            let gen_ms = cfg.prefill_ms
+                + if completion_tokens > 0 {
+                    cfg.ttft_ms
+                        + cfg
+                            .token_delay_ms
+                            .saturating_mul(completion_tokens.saturating_sub(1))
+                } else {
+                    0
+                };
             sleep_ms(gen_ms + extra).await;
             let bytes = Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
             match fault {
@@ -606,18 +628,25 @@ async fn inference(
         }
         Output::Sse(evs) => {
             let mut first_token = true;
+            let mut first_event = true;
             let mut timed: Vec<(u64, Bytes)> = evs
                 .into_iter()
                 .map(|ev| {
-                    let delay = match (fault, ev.kind) {
-                        (Fault::Drip(ms), _) => ms,
-                        (_, EvKind::Head) | (_, EvKind::Tail) => 0,
-                        (_, EvKind::Token) if first_token => {
-                            first_token = false;
-                            cfg.ttft_ms
-                        }
-                        (_, EvKind::Token) => cfg.token_delay_ms,
+                    let prefill = if std::mem::take(&mut first_event) {
+                        cfg.prefill_ms
+                    } else {
+                        0
                     };
+                    let delay = prefill
+                        + match (fault, ev.kind) {
+                            (Fault::Drip(ms), _) => ms,
+                            (_, EvKind::Head) | (_, EvKind::Tail) => 0,
+                            (_, EvKind::Token) if first_token => {
+                                first_token = false;
+                                cfg.ttft_ms
+                            }
+                            (_, EvKind::Token) => cfg.token_delay_ms,
+                        };
                     (delay, Bytes::from(ev.data))
                 })
                 .collect();
@@ -629,6 +658,27 @@ async fn inference(
                 Fault::StallAfter(n) => {
                     timed.truncate(n as usize);
                     End::Stall
+                }
+                Fault::BadUtf8After(n) => {
+                    let at = (n as usize).min(timed.len());
+                    timed.insert(at, (0, Bytes::from_static(b"data: \xff\xfe bad bytes\n\n")));
+                    End::Done
+                }
+                Fault::HugeEvent { after, bytes } => {
+                    let at = (after as usize).min(timed.len());
+                    let mut ev = Vec::with_capacity(bytes as usize + 8);
+                    ev.extend_from_slice(b"data: ");
+                    ev.resize(bytes as usize + 6, b'x');
+                    ev.extend_from_slice(b"\n\n");
+                    timed.insert(at, (0, Bytes::from(ev)));
+                    End::Done
+                }
+                Fault::NoFinalBlankLine => {
+                    if let Some((_, last)) = timed.last_mut() {
+                        let trimmed = last.as_ref().trim_ascii_end().to_vec();
+                        *last = Bytes::from(trimmed);
+                    }
+                    End::Done
                 }
                 Fault::ErrorAfter(n) => {
                     timed.truncate(n as usize);
@@ -823,6 +873,8 @@ fn apply_config(v: &Value, shared: &Shared) -> Result<(), String> {
                 cfg.max_model_len = u32::try_from(num()?).map_err(|e| e.to_string())?
             }
             "api_key" => cfg.api_key = val.as_str().map(str::to_string),
+            "prefill_ms" => cfg.prefill_ms = num()?,
+            "health_path" => cfg.health_path = val.as_str().map(str::to_string),
             "models" => {
                 cfg.models = val
                     .as_array()

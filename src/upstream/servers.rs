@@ -185,3 +185,80 @@ pub fn spec_from_options(o: &ServerOptions, cfg: &Config) -> Result<BackendSpec,
         .unwrap_or_else(|| BackendId::from_url(&p.url));
     p.spec(id, cfg).map_err(|e| vec![e])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Sources};
+
+    fn load(vars: &[(&str, &str)]) -> crate::config::ValidatedConfig {
+        let env = |k: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        Config::load(&Sources {
+            env: &env,
+            file: None,
+        })
+        .expect("valid")
+    }
+
+    fn ids(cfg: &Config) -> Vec<(String, String)> {
+        let mut v: Vec<_> = specs_from_config(cfg)
+            .into_iter()
+            .map(|s| (s.id.to_string(), s.base_url.to_string()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn ids_do_not_depend_on_the_order_of_the_configuration() {
+        let a = load(&[("BACKENDS", "m:10.0.0.1:8000,n:10.0.0.2:8000")]);
+        let b = load(&[("BACKENDS", "n:10.0.0.2:8000,m:10.0.0.1:8000")]);
+        assert_eq!(ids(&a), ids(&b));
+        assert_eq!(ids(&a)[0].0, "10.0.0.1-8000");
+    }
+
+    #[test]
+    fn the_same_host_over_http_and_https_gets_two_ids() {
+        let cfg = load(&[("VLLM_SERVERS", "http://gpu:8000,https://gpu:8000")]);
+        let v = ids(&cfg);
+        assert_eq!(v.len(), 2);
+        assert_ne!(v[0].0, v[1].0);
+    }
+
+    #[test]
+    fn the_server_key_wins_over_vllm_api_key() {
+        let cfg = load(&[("VLLM_SERVERS", "gpu:8000"), ("VLLM_API_KEY", "global")]);
+        let spec = &specs_from_config(&cfg)[0];
+        let ext = spec.ext.downcast_ref::<ServerExt>().expect("ext");
+        assert_eq!(
+            ext.headers
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+            Some(&b"Bearer global"[..])
+        );
+        let o: ServerOptions = serde_json::from_value(serde_json::json!({
+            "url": "gpu:9000", "api_key": "own", "headers": {"X-A": "1"}
+        }))
+        .expect("options");
+        let spec = spec_from_options(&o, &cfg).expect("spec");
+        let ext = spec.ext.downcast_ref::<ServerExt>().expect("ext");
+        assert_eq!(
+            ext.headers
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+            Some(&b"Bearer own"[..])
+        );
+        assert!(ext
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .is_some_and(|v| v.is_sensitive()));
+        assert_eq!(
+            ext.headers.get("x-a").map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+    }
+}

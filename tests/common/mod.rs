@@ -51,6 +51,11 @@ pub fn base_vars() -> Vec<(&'static str, String)> {
 }
 
 pub async fn gateway(extra: &[(&str, String)]) -> App {
+    gateway_with_file(extra, None).await
+}
+
+/// A gateway with a YAML config file as well (`--config`).
+pub async fn gateway_with_file(extra: &[(&str, String)], file: Option<std::path::PathBuf>) -> App {
     let mut vars: HashMap<String, String> = base_vars()
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -62,11 +67,7 @@ pub async fn gateway(extra: &[(&str, String)]) -> App {
         llmmux::telemetry::init("info", llmmux::config::LogFormat::Text);
     }
     let env = move |k: &str| vars.get(k).cloned();
-    let cfg = Config::load(&Sources {
-        env: &env,
-        file: None,
-    })
-    .expect("valid test config");
+    let cfg = Config::load(&Sources { env: &env, file }).expect("valid test config");
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind gateway");
@@ -172,4 +173,62 @@ pub fn stream_text(events: &[String]) -> String {
 /// The gateway's id of a simulated server (derived from its URL).
 pub fn id_of(s: &SimHandle) -> String {
     llmmux_actors::backend::BackendId::from_url(&s.base_url()).to_string()
+}
+
+/// How one request of a load run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// 200 and, for a stream, `[DONE]` without an error event.
+    Ok,
+    /// Any other status, or a stream with an error event.
+    Failed(String),
+}
+
+/// One request, streamed or not, judged as a client would.
+pub async fn one_chat(app: &App, model: &str, stream: bool, timeout: Duration) -> Ended {
+    let sent = client()
+        .post(url(app, "/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .timeout(timeout)
+        .json(&chat(model, stream))
+        .send()
+        .await;
+    let r = match sent {
+        Ok(r) => r,
+        Err(e) => return Ended::Failed(format!("transport: {e}")),
+    };
+    let status = r.status().as_u16();
+    let body = match r.text().await {
+        Ok(b) => b,
+        Err(e) => return Ended::Failed(format!("{status} body: {e}")),
+    };
+    if status != 200 {
+        return Ended::Failed(format!("{status}: {body}"));
+    }
+    if stream && (!body.ends_with("data: [DONE]\n\n") || body.contains("\"error\"")) {
+        return Ended::Failed(format!("bad stream: {body}"));
+    }
+    Ended::Ok
+}
+
+/// `n` requests at `concurrency`, every second one streamed; the failures.
+pub async fn load(
+    app: &App,
+    model: &str,
+    n: usize,
+    concurrency: usize,
+    timeout: Duration,
+) -> Vec<String> {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(0..n)
+        .map(|i| one_chat(app, model, i % 2 == 1, timeout))
+        .buffer_unordered(concurrency)
+        .filter_map(|e| async move {
+            match e {
+                Ended::Ok => None,
+                Ended::Failed(why) => Some(why),
+            }
+        })
+        .collect()
+        .await
 }
