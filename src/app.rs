@@ -280,6 +280,7 @@ impl App {
             lifecycle: Lifecycle::new(report),
             discovery,
             auth: Authenticator::new(&cfg),
+            front: Default::default(),
             sinks: Arc::new(OutcomeSinks::new(vec![Arc::new(AccessLog)])),
             first_seen: Mutex::new(HashMap::new()),
             #[cfg(feature = "fault-injection")]

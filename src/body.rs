@@ -10,6 +10,7 @@ use http_body::{Frame, SizeHint};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use tokio::sync::mpsc;
 
+use crate::http::conn::RequestGuard;
 use crate::outcome::Outcome;
 
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -48,22 +49,35 @@ impl http_body::Body for ChannelBody {
     }
 }
 
-/// Holds the request's outcome until the response body is finished or dropped, and marks
-/// the moment its first byte went to the client connection.
+/// Holds the request's outcome (and its place on the connection) until the response body
+/// is finished or dropped, and marks the moment its first byte went to the client.
 pub struct OutcomeBody {
     inner: Body,
     outcome: Option<Outcome>,
+    request: RequestGuard,
     first_sent: bool,
 }
 
 impl OutcomeBody {
-    pub fn wrap(inner: Body, outcome: Outcome) -> Body {
+    pub fn wrap(inner: Body, outcome: Outcome, request: RequestGuard) -> Body {
         OutcomeBody {
             inner,
             outcome: Some(outcome),
+            request,
             first_sent: false,
         }
         .boxed()
+    }
+}
+
+impl Drop for OutcomeBody {
+    fn drop(&mut self) {
+        // Recorded before the pump notices the closed channel and calls it `client_gone`.
+        if let Some(o) = &self.outcome {
+            if self.request.connection().send_timed_out() {
+                o.fail("client_send_timeout");
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use llmmux_actors::discovery::DiscoveryHandle;
 
 use crate::config::LiveConfig;
 use crate::http::auth::Authenticator;
+use crate::http::server::FrontDoor;
 use crate::lifecycle::Lifecycle;
 use crate::outcome::OutcomeSinks;
 use crate::proxy::Proxy;
@@ -19,6 +20,7 @@ pub struct AppState {
     pub lifecycle: Lifecycle,
     pub discovery: DiscoveryHandle,
     pub auth: Authenticator,
+    pub front: FrontDoor,
     pub sinks: Arc<OutcomeSinks>,
     /// First time each model id was seen, for a stable `created` in /v1/models.
     pub first_seen: Mutex<HashMap<String, u64>>,

@@ -22,16 +22,26 @@ pub fn allowed_origin(cfg: &Config, headers: &HeaderMap) -> Option<HeaderValue> 
 }
 
 pub fn decorate(cfg: &Config, allow: Option<HeaderValue>, resp: &mut Response<Body>) {
-    let Some(allow) = allow else { return };
     let h = resp.headers_mut();
+    // The answer depends on Origin whenever a list is in force, also for origins not on
+    // it, so caches never serve one origin's answer to another.
+    if cfg.enable_cors && matches!(cfg.cors_origins, CorsOrigins::List(_)) {
+        let has_origin = h.get_all(header::VARY).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|p| p.trim().eq_ignore_ascii_case("origin"))
+            })
+        });
+        if !has_origin {
+            h.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
+    }
+    let Some(allow) = allow else { return };
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
     h.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("x-request-id, retry-after"),
+        HeaderValue::from_static("x-request-id, retry-after, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens"),
     );
-    if matches!(cfg.cors_origins, CorsOrigins::List(_)) {
-        h.append(header::VARY, HeaderValue::from_static("Origin"));
-    }
 }
 
 pub fn preflight(cfg: &Config, allow: Option<HeaderValue>) -> Response<Body> {
@@ -41,7 +51,7 @@ pub fn preflight(cfg: &Config, allow: Option<HeaderValue>) -> Response<Body> {
         let h = resp.headers_mut();
         h.insert(
             header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, POST, OPTIONS"),
+            HeaderValue::from_static("GET, HEAD, POST, PATCH, DELETE, OPTIONS"),
         );
         h.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use super::auth::Access;
+use super::conn::RequestGuard;
 use super::{admin, cors, models, ops, request_id};
 use crate::body::{Body, OutcomeBody};
 use crate::error::GatewayError;
@@ -108,9 +109,11 @@ fn allow_header(methods: &[Method]) -> HeaderValue {
 }
 
 /// Connection facts the handler needs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// Marks the request in progress on its connection until the response body is done.
+    pub request: RequestGuard,
 }
 
 pub async fn handle(
@@ -156,7 +159,7 @@ pub async fn handle(
         resp.headers_mut().insert("x-request-id", v);
     }
     cors::decorate(&cfg, allow, &mut resp);
-    resp.map(|b| OutcomeBody::wrap(b, outcome))
+    resp.map(|b| OutcomeBody::wrap(b, outcome, conn.request))
 }
 
 async fn dispatch(

@@ -1,65 +1,220 @@
-//! Accept loop: hyper-util's auto (HTTP/1.1 + h2c) connections with a header read timeout,
-//! tracked for graceful shutdown.
+//! Accept loop and connection tasks: hyper-util's auto (HTTP/1.1 + h2c) connections with
+//! bounded heads, HTTP/2 keep-alive pings, a cap on connections, a watchdog that closes a
+//! connection idle for `HEADER_READ_TIMEOUT` before its first request (whatever the
+//! protocol, so half an HTTP/2 preface is no way to hold a socket) or `KEEPALIVE_TIMEOUT`
+//! between requests, writes bounded by `CLIENT_SEND_TIMEOUT`, and graceful shutdown.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
 
+use super::conn::{default_max_connections, raise_nofile_limit, ConnActivity, SendTimeout};
+use super::router::ConnInfo;
 use crate::state::AppState;
 
-use super::router::ConnInfo;
+/// How long a closing connection may take to finish what is in flight after the
+/// watchdog asked it to stop, before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Counters of the front door.
+#[derive(Debug, Default)]
+pub struct FrontDoor {
+    pub open: AtomicU64,
+    pub shed: AtomicU64,
+    pub idle_closed: AtomicU64,
+    pub accept_errors: AtomicU64,
+}
+
+const SHED_BODY: &str = r#"{"error":{"message":"The gateway has too many open connections; retry shortly.","type":"server_error","param":null,"code":"too_many_connections"}}"#;
+
+/// Limits every connection shares.
+#[derive(Clone, Copy)]
+struct ConnLimits {
+    first_request: Duration,
+    between_requests: Duration,
+    send_timeout: Duration,
+}
 
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {
     let cfg = state.config.load();
+    let max = cfg
+        .max_connections
+        .unwrap_or_else(|| default_max_connections(raise_nofile_limit()));
+    info!(max_connections = max, "accepting connections");
+    let slots = Arc::new(Semaphore::new(max));
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(cfg.max_header_bytes)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(cfg.http2_keepalive_interval)
+        .keep_alive_timeout(cfg.http2_keepalive_timeout)
+        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
+    let limits = ConnLimits {
+        first_request: cfg.header_read_timeout,
+        between_requests: cfg.keepalive_timeout,
+        send_timeout: cfg.client_send_timeout,
+    };
+    drop(cfg);
+    let tracker = TaskTracker::new();
+    let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
             a = listener.accept() => a,
         };
         let (stream, peer) = match accepted {
-            Ok(a) => a,
+            Ok(a) => {
+                backoff.reset();
+                a
+            }
             Err(e) => {
-                // Out of descriptors and the like: back off briefly instead of spinning.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                state.front.accept_errors.fetch_add(1, Ordering::Relaxed);
+                backoff.failed(&e).await;
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            state.front.shed.fetch_add(1, Ordering::Relaxed);
+            tracker.spawn(shed(stream));
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let st = state.clone();
-        let svc = service_fn(move |req| {
-            let st = st.clone();
-            async move {
-                Ok::<_, std::convert::Infallible>(
-                    super::router::handle(st, ConnInfo { peer }, req).await,
-                )
-            }
-        });
-        let conn = graceful.watch(
-            builder
-                .serve_connection(TokioIo::new(stream), svc)
-                .into_owned(),
-        );
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(error = %e, "connection ended with an error");
-            }
+        let (state, builder, stop) = (state.clone(), builder.clone(), stop.clone());
+        tracker.spawn(async move {
+            state.front.open.fetch_add(1, Ordering::Relaxed);
+            connection(stream, peer, state.clone(), builder, limits, stop).await;
+            state.front.open.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    state: Arc<AppState>,
+    builder: Arc<Builder<TokioExecutor>>,
+    limits: ConnLimits,
+    stop: CancellationToken,
+) {
+    let activity = ConnActivity::new();
+    let io = TokioIo::new(SendTimeout::new(
+        stream,
+        limits.send_timeout,
+        activity.clone(),
+    ));
+    let svc = {
+        let (activity, state) = (activity.clone(), state.clone());
+        service_fn(move |req| {
+            let info = ConnInfo {
+                peer,
+                request: activity.enter(),
+            };
+            let st = state.clone();
+            async move { Ok::<_, std::convert::Infallible>(super::router::handle(st, info, req).await) }
+        })
+    };
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    let mut closing: Option<Instant> = None;
+    loop {
+        let idle_at = activity.idle_deadline(limits.first_request, limits.between_requests);
+        let wake = match (closing, idle_at) {
+            (Some(t), _) => t,
+            (None, Some(t)) => t,
+            // A request is in progress: its own timeouts apply; look again in a while.
+            (None, None) => Instant::now() + limits.first_request,
+        };
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.cancelled(), if closing.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                closing = Some(Instant::now() + state.config.load().shutdown_grace);
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                if closing.is_some() {
+                    return;
+                }
+                let still_idle = activity
+                    .idle_deadline(limits.first_request, limits.between_requests)
+                    .is_some_and(|t| t <= Instant::now());
+                if still_idle {
+                    state.front.idle_closed.fetch_add(1, Ordering::Relaxed);
+                    conn.as_mut().graceful_shutdown();
+                    closing = Some(Instant::now() + CLOSE_GRACE);
+                }
+            }
+        }
+    }
+}
+
+/// Over `MAX_CONNECTIONS`: answer 503 in the OpenAI shape (readable by HTTP/1 clients) and
+/// close, without reading the request.
+async fn shed(mut stream: TcpStream) {
+    let resp = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{SHED_BODY}",
+        SHED_BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(resp.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// Accept errors (out of descriptors, say) back off exponentially up to 1 s and are logged
+/// at most once per second, with the number of errors since the last line.
+#[derive(Default)]
+struct AcceptBackoff {
+    delay: Duration,
+    suppressed: u64,
+    last_log: Option<Instant>,
+}
+
+impl AcceptBackoff {
+    fn reset(&mut self) {
+        self.delay = Duration::ZERO;
+    }
+
+    async fn failed(&mut self, e: &std::io::Error) {
+        self.delay = (self.delay * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+        let now = Instant::now();
+        if self
+            .last_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            warn!(error = %e, suppressed = self.suppressed, backoff_ms = self.delay.as_millis() as u64, "accept failed");
+            self.last_log = Some(now);
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+        tokio::time::sleep(self.delay).await;
+    }
 }
