@@ -3,18 +3,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::child::*;
 use common::*;
-
-fn llmmux() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_llmmux"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    c
-}
 
 #[test]
 fn check_config_reports_every_problem_and_exits_2() {
@@ -97,73 +89,6 @@ async fn serves_answers_healthcheck_and_stops_cleanly_on_sigterm() {
     assert!(!hc.success(), "healthcheck fails once the gateway is gone");
 }
 
-/// A child process that is killed and reaped if the test ends early.
-struct Running(std::process::Child);
-
-impl Running {
-    /// Spawn and wait (up to 20 s) for a stdout line that `find` accepts; return its answer.
-    fn spawn_until(mut cmd: Command, find: impl Fn(&str) -> Option<String>) -> (Running, String) {
-        let mut running = Running(
-            cmd.stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn"),
-        );
-        let stdout = running.0.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("expected output");
-            if let Some(found) = find(&line) {
-                return (running, found);
-            }
-        }
-    }
-
-    /// SIGTERM, then the exit code (None if it did not stop within 10 s).
-    fn stop(mut self) -> Option<i32> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(status)) = self.0.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The `http://host:port` printed after `marker` on a line.
-fn addr_after(marker: &'static str) -> impl Fn(&str) -> Option<String> {
-    move |line| {
-        let rest = line.split(marker).nth(1)?;
-        Some(
-            rest.trim_start()
-                .trim_start_matches("http://")
-                .chars()
-                .take_while(|c| !c.is_whitespace())
-                .collect(),
-        )
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_simulated_models_and_repairs_tool_calls() {
     let mut cmd = llmmux();
@@ -229,5 +154,20 @@ async fn sim_vllm_subcommand_serves_like_vllm() {
         .await
         .expect("sent");
     assert_eq!(r.status(), 200);
+    assert_eq!(child.stop(), Some(0));
+}
+
+#[test]
+fn text_logs_written_to_a_pipe_have_no_colour_codes() {
+    let mut cmd = llmmux();
+    cmd.args(["serve"])
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("BACKENDS", "m:127.0.0.1:9");
+    let (child, line) = Running::spawn_until(cmd, |line| {
+        line.contains("llmmux listening").then(|| line.to_owned())
+    });
+    assert!(!line.contains('\u{1b}'), "colour codes in {line:?}");
+    assert!(line.contains("INFO"), "{line}");
     assert_eq!(child.stop(), Some(0));
 }

@@ -11,6 +11,7 @@ use llmmux::config::{Config, Sources};
 use llmmux::sim::{self, SimConfig, SimHandle};
 use tokio::net::TcpListener;
 
+pub mod child;
 pub mod pg;
 
 pub const KEY: &str = "sk-test";
