@@ -66,6 +66,15 @@ pub struct SimArgs {
     /// Emit tool calls as text in this format: gptoss, harmony, hermes, llama3_json, mistral, pythonic.
     #[arg(long)]
     pub tool_text: Option<String>,
+    /// Streams: delay between the response headers and the first event (prefill).
+    #[arg(long, default_value_t = 0)]
+    pub prefill_ms: u64,
+    /// Fault for every inference request (e.g. `status=503`, `status_every=503/2`, `hang`).
+    #[arg(long)]
+    pub fault: Option<String>,
+    /// No `/health` route (like Ollama or a hosted API).
+    #[arg(long)]
+    pub no_health_route: bool,
 }
 
 fn load_config(
@@ -199,6 +208,14 @@ async fn sim_vllm(args: SimArgs) -> i32 {
             return 2;
         }
     };
+    let fault = match args.fault.as_deref().map(str::parse::<sim::Fault>) {
+        None => sim::Fault::None,
+        Some(Ok(f)) => f,
+        Some(Err(e)) => {
+            eprintln!("--fault: {e}");
+            return 2;
+        }
+    };
     let cfg = SimConfig {
         models: args.models,
         latency_ms: args.latency_ms,
@@ -206,6 +223,8 @@ async fn sim_vllm(args: SimArgs) -> i32 {
         token_delay_ms: args.token_delay_ms,
         completion_tokens: args.tokens,
         tool_text,
+        prefill_ms: args.prefill_ms,
+        health_path: (!args.no_health_route).then(|| "/health".to_owned()),
         ..SimConfig::default()
     };
     let addr = format!("{}:{}", args.host, args.port);
@@ -218,6 +237,7 @@ async fn sim_vllm(args: SimArgs) -> i32 {
     };
     match sim::start(listener, cfg).await {
         Ok(h) => {
+            h.set_fault(fault);
             println!("simulated vLLM server listening on http://{}", h.addr());
             shutdown_signal().await;
             h.shutdown();

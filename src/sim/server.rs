@@ -827,6 +827,13 @@ async fn control(rest: &str, req: Request<Incoming>, shared: &Arc<Shared>) -> Re
             shared.lock().cfg.tool_text = t;
             json_response(200, &json!({"tool_text": t.map(|t| t.as_str())}))
         }
+        "silent" => match v.get("silent").and_then(Value::as_bool) {
+            Some(b) => {
+                shared.lock().silent = b;
+                json_response(200, &json!({"silent": b}))
+            }
+            None => bad("expected {\"silent\": true|false}".into()),
+        },
         "config" => match apply_config(&v, shared) {
             Ok(()) => json_response(200, &json!({"ok": true})),
             Err(e) => bad(e),
