@@ -27,7 +27,9 @@ use tracing::{error, info, warn};
 
 use crate::config::{LiveConfig, ValidatedConfig};
 use crate::http::auth::Authenticator;
+use crate::http::server::FrontDoor;
 use crate::lifecycle::Lifecycle;
+use crate::metrics::{Metrics, Sources as MetricSources};
 use crate::outcome::{AccessLog, OutcomeSinks};
 use crate::proxy::retry::{BudgetPolicy, RetryBudgets};
 use crate::proxy::Proxy;
@@ -43,6 +45,8 @@ pub enum AppError {
     Actors(String),
     #[error("cannot read the listener address: {0}")]
     Listener(std::io::Error),
+    #[error("cannot listen on METRICS_PORT: {0}")]
+    MetricsListener(std::io::Error),
 }
 
 fn initial_table(specs: &[BackendSpec], registry: &Slot<RegistryMsg>) -> RoutingTable {
@@ -259,6 +263,29 @@ impl App {
         .await
         .map_err(|e| AppError::Actors(e.to_string()))?;
 
+        let budgets = Arc::new(RetryBudgets::new(BudgetPolicy {
+            percent: cfg.retry_budget_percent,
+            min_per_sec: cfg.retry_budget_min_per_sec,
+            ttl: cfg.retry_budget_ttl,
+        }));
+        let toolcalls = Arc::new(ToolCallCounters::default());
+        let front = Arc::new(FrontDoor::default());
+        let metrics = Arc::new(Metrics::new(MetricSources {
+            table: table.clone(),
+            budgets: budgets.clone(),
+            supervision: report.clone(),
+            front: front.clone(),
+            toolcalls: toolcalls.clone(),
+            extra: Vec::new(),
+        }));
+        let metrics_listener = match cfg.metrics_port {
+            Some(port) => Some(
+                TcpListener::bind((cfg.host.as_str(), port))
+                    .await
+                    .map_err(AppError::MetricsListener)?,
+            ),
+            None => None,
+        };
         let state = Arc::new(AppState {
             proxy: Proxy {
                 registry: RegistryHandle {
@@ -269,19 +296,19 @@ impl App {
                 },
                 streams: streams.clone(),
                 client,
-                budgets: RetryBudgets::new(BudgetPolicy {
-                    percent: cfg.retry_budget_percent,
-                    min_per_sec: cfg.retry_budget_min_per_sec,
-                    ttl: cfg.retry_budget_ttl,
-                }),
+                budgets,
                 concurrency: Arc::new(Semaphore::new(cfg.max_in_flight)),
-                toolcalls: Arc::new(ToolCallCounters::default()),
+                toolcalls,
             },
             lifecycle: Lifecycle::new(report),
             discovery,
             auth: Authenticator::new(&cfg),
-            front: Default::default(),
-            sinks: Arc::new(OutcomeSinks::new(vec![Arc::new(AccessLog)])),
+            front,
+            sinks: Arc::new(OutcomeSinks::new(vec![
+                Arc::new(AccessLog),
+                metrics.clone(),
+            ])),
+            metrics,
             first_seen: Mutex::new(HashMap::new()),
             #[cfg(feature = "fault-injection")]
             faults: crate::faults::FaultInjector {
@@ -292,6 +319,9 @@ impl App {
             },
             config: LiveConfig::new(cfg),
         });
+        if let Some(l) = metrics_listener {
+            tokio::spawn(crate::http::metrics_port::serve(l, state.clone()));
+        }
         Self::serve(state, addr, listener, root, root_join)
     }
 

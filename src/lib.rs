@@ -26,6 +26,7 @@ pub mod error;
 pub mod faults;
 pub mod http;
 pub mod lifecycle;
+pub mod metrics;
 pub mod outcome;
 pub mod principal;
 pub mod proxy;

@@ -29,6 +29,8 @@ pub struct RequestRecord {
     pub method: http::Method,
     /// Request path.
     pub endpoint: String,
+    /// The route pattern it matched (`unmatched` if none): a bounded label for metrics.
+    pub route: &'static str,
     pub client_addr: IpAddr,
     pub principal: Option<Arc<Principal>>,
     /// The model the client asked for.
@@ -111,6 +113,7 @@ impl Outcome {
                 ts: SystemTime::now(),
                 method,
                 endpoint: endpoint.to_owned(),
+                route: "unmatched",
                 client_addr,
                 principal: None,
                 model: None,

@@ -11,6 +11,7 @@ use crate::config::LiveConfig;
 use crate::http::auth::Authenticator;
 use crate::http::server::FrontDoor;
 use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
 use crate::outcome::OutcomeSinks;
 use crate::proxy::Proxy;
 
@@ -20,7 +21,8 @@ pub struct AppState {
     pub lifecycle: Lifecycle,
     pub discovery: DiscoveryHandle,
     pub auth: Authenticator,
-    pub front: FrontDoor,
+    pub front: Arc<FrontDoor>,
+    pub metrics: Arc<Metrics>,
     pub sinks: Arc<OutcomeSinks>,
     /// First time each model id was seen, for a stable `created` in /v1/models.
     pub first_seen: Mutex<HashMap<String, u64>>,

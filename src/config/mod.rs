@@ -82,6 +82,11 @@ pub struct Config {
     pub route_via_registry: bool,
     pub tool_call_formats: FormatRules,
     pub tool_call_options: ToolOptions,
+    // --- operations ---
+    /// Bearer key required on `/metrics` (open when unset).
+    pub metrics_key: Option<Secret>,
+    /// Serve `/metrics` on this port only (not on `PORT`).
+    pub metrics_port: Option<u16>,
     // --- failover and liveness ---
     /// Retries allowed per model: this percentage of recent requests...
     pub retry_budget_percent: u32,
@@ -244,6 +249,17 @@ impl ValidatedConfig {
             "TOOL_CALL_HARMONY_STRIPPED",
             c.tool_call_options.harmony_stripped_recovery.to_string(),
         );
+        line(
+            "METRICS_KEY",
+            c.metrics_key
+                .as_ref()
+                .map(Secret::masked)
+                .unwrap_or_else(|| "(none)".into()),
+        );
+        line(
+            "METRICS_PORT",
+            c.metrics_port.map(|p| p.to_string()).unwrap_or_default(),
+        );
         line("RETRY_BUDGET_PERCENT", c.retry_budget_percent.to_string());
         line(
             "RETRY_BUDGET_MIN_PER_SEC",
@@ -387,6 +403,12 @@ impl Config {
                     false,
                 ),
             },
+            metrics_key: v!("METRICS_KEY")
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| Secret::new(s.trim())),
+            metrics_port: v!("METRICS_PORT")
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| p.num("METRICS_PORT", Some(s), 0u16)),
             retry_budget_percent: p.num("RETRY_BUDGET_PERCENT", v!("RETRY_BUDGET_PERCENT"), 20u32),
             retry_budget_min_per_sec: p.num(
                 "RETRY_BUDGET_MIN_PER_SEC",
@@ -491,6 +513,12 @@ fn validate(c: &Config) -> Vec<ConfigError> {
     }
     if !(1..=100).contains(&c.failure_rate_percent) {
         err("FAILURE_RATE_PERCENT", "must be between 1 and 100");
+    }
+    if c.metrics_port == Some(0) {
+        err("METRICS_PORT", "must be a port number (1-65535)");
+    }
+    if c.metrics_port.is_some() && c.metrics_port == Some(c.port) {
+        err("METRICS_PORT", "must differ from PORT");
     }
     if c.sse_max_event_bytes < 1024 {
         err("SSE_MAX_EVENT_BYTES", "must be at least 1024");

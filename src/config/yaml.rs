@@ -186,6 +186,8 @@ const KNOWN: &[&str] = &[
     "tool_call_formats",
     "tool_call_code_fence",
     "tool_call_harmony_stripped",
+    "metrics_key",
+    "metrics_port",
     "retry_budget_percent",
     "retry_budget_min_per_sec",
     "retry_budget_ttl",

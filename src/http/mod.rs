@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod conn;
 pub mod cors;
+pub mod metrics_port;
 pub mod models;
 pub mod ops;
 pub mod request_id;

@@ -4,6 +4,7 @@
 
 use http::{HeaderMap, Response, StatusCode};
 use serde_json::json;
+use sha2::Digest;
 
 use super::auth::Access;
 use crate::body::Body;
@@ -66,4 +67,33 @@ pub fn readyz(state: &AppState) -> Response<Body> {
             json_response(StatusCode::OK, &v)
         }
     }
+}
+
+/// `GET /metrics`: open, or behind `METRICS_KEY`.
+pub fn metrics(
+    state: &AppState,
+    cfg: &crate::config::Config,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, crate::error::GatewayError> {
+    if let Some(key) = &cfg.metrics_key {
+        let expected = format!("Bearer {}", key.expose());
+        let given = headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        let same = sha2::Sha256::digest(given) == sha2::Sha256::digest(expected.as_bytes());
+        if !same {
+            return Err(crate::error::GatewayError::Unauthorized);
+        }
+    }
+    Ok(metrics_response(state))
+}
+
+pub fn metrics_response(state: &AppState) -> Response<Body> {
+    let mut resp = Response::new(crate::body::full(state.metrics.encode()));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    resp
 }

@@ -23,6 +23,7 @@ use crate::state::AppState;
 enum Route {
     Healthz,
     Readyz,
+    Metrics,
     Models,
     Model,
     DiscoveryStats,
@@ -35,6 +36,7 @@ enum Route {
 }
 
 struct Def {
+    pattern: &'static str,
     route: Route,
     methods: &'static [Method],
     access: Access,
@@ -45,6 +47,7 @@ const POST: &[Method] = &[Method::POST];
 
 fn defs() -> Vec<(&'static str, Def)> {
     let d = |route, methods, access| Def {
+        pattern: "",
         route,
         methods,
         access,
@@ -52,6 +55,7 @@ fn defs() -> Vec<(&'static str, Def)> {
     let mut v = vec![
         ("/healthz", d(Route::Healthz, GET, Access::Public)),
         ("/readyz", d(Route::Readyz, GET, Access::Public)),
+        ("/metrics", d(Route::Metrics, GET, Access::Public)),
         ("/v1/models", d(Route::Models, GET, Access::Client)),
         ("/v1/models/{*id}", d(Route::Model, GET, Access::Client)),
         (
@@ -91,7 +95,8 @@ fn defs() -> Vec<(&'static str, Def)> {
 
 static ROUTES: LazyLock<matchit::Router<Def>> = LazyLock::new(|| {
     let mut r = matchit::Router::new();
-    for (path, def) in defs() {
+    for (path, mut def) in defs() {
+        def.pattern = path;
         // The table is static and tested; a conflict is a programming error caught by
         // `route_table_builds` before it could ship.
         let _ = r.insert(path, def);
@@ -179,6 +184,7 @@ async fn dispatch(
         return Err(GatewayError::UnknownRoute);
     };
     let def = found.value;
+    outcome.update(|r| r.route = def.pattern);
     let method = req.method().clone();
     if method == Method::OPTIONS {
         let allow = cors::allowed_origin(&cfg, req.headers());
@@ -202,6 +208,8 @@ async fn dispatch(
     match (def.route, method) {
         (Route::Healthz, _) => Ok(ops::healthz(state, req.headers())),
         (Route::Readyz, _) => Ok(ops::readyz(state)),
+        (Route::Metrics, _) if cfg.metrics_port.is_some() => Err(GatewayError::UnknownRoute),
+        (Route::Metrics, _) => ops::metrics(state, &cfg, req.headers()),
         (Route::Models, _) => Ok(models::list(state)),
         (Route::Model, _) => Ok(models::one(state, id)),
         (Route::DiscoveryStats, _) => Ok(admin::discovery_stats(state)),

@@ -49,7 +49,7 @@ pub struct Proxy {
     pub registry: RegistryHandle,
     pub streams: StreamSpawner,
     pub client: reqwest::Client,
-    pub budgets: RetryBudgets,
+    pub budgets: Arc<RetryBudgets>,
     /// `MAX_IN_FLIGHT`, gateway-wide.
     pub concurrency: Arc<Semaphore>,
     pub toolcalls: Arc<ToolCallCounters>,
@@ -305,6 +305,9 @@ pub async fn forward(
                 });
                 return Ok(upstream_error_response(status, &body));
             }
+            if let Some((p, c)) = usage_of_body(&body) {
+                outcome.usage(p, c);
+            }
             let body = match repair {
                 Some((family, tools)) => repair_body(proxy, cfg, body, family, &tools),
                 None => body,
@@ -338,6 +341,23 @@ fn repair_body(
         &proxy.toolcalls,
     );
     serde_json::to_vec(&v).map(Bytes::from).unwrap_or(body)
+}
+
+/// `usage` of a whole answer, skipping everything else without building it.
+fn usage_of_body(body: &[u8]) -> Option<(u64, u64)> {
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        #[serde(default)]
+        prompt_tokens: u64,
+        #[serde(default)]
+        completion_tokens: u64,
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        usage: Option<Usage>,
+    }
+    let u = serde_json::from_slice::<Answer>(body).ok()?.usage?;
+    Some((u.prompt_tokens, u.completion_tokens))
 }
 
 async fn read_all(resp: reqwest::Response) -> Result<Bytes, AttemptError> {

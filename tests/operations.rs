@@ -1,0 +1,267 @@
+//! Operations: Prometheus metrics that equal the traffic, request ids, readiness that
+//! follows the servers, graceful shutdown with open streams.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use llmmux::sim::Fault;
+
+/// `name{labels} value` lines of an exposition, keyed by the whole series text.
+fn series(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn sum(s: &HashMap<String, f64>, prefix: &str, needles: &[&str]) -> f64 {
+    s.iter()
+        .filter(|(k, _)| k.starts_with(prefix) && needles.iter().all(|n| k.contains(n)))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+async fn scrape(app: &llmmux::app::App) -> HashMap<String, f64> {
+    let r = client()
+        .get(url(app, "/metrics"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 200);
+    assert!(r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain; version=0.0.4")));
+    series(&r.text().await.expect("text"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_equal_the_traffic() {
+    let s = sim(&["m"]).await;
+    let app = gateway(&[("BACKENDS", backends("m", &[&s]))]).await;
+    all_healthy(&app).await;
+    let id = id_of(&s);
+    for i in 0..7 {
+        let r = post(&app, "/v1/chat/completions", &chat("m", i % 2 == 1)).await;
+        assert_eq!(r.status(), 200);
+        r.bytes().await.expect("body");
+    }
+    let r = post(&app, "/v1/chat/completions", &chat("nope", false)).await;
+    assert_eq!(r.status(), 404);
+    r.bytes().await.expect("body");
+    let m = scrape(&app).await;
+    let route = "endpoint=\"/v1/chat/completions\"";
+    assert_eq!(
+        sum(
+            &m,
+            "llmmux_requests_total{",
+            &[
+                route,
+                "status=\"200\"",
+                &format!("backend=\"{id}\""),
+                "model=\"m\""
+            ]
+        ),
+        7.0
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "llmmux_requests_total{",
+            &[route, "status=\"404\"", "model=\"none\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "llmmux_request_duration_seconds_count{",
+            &[route, "stream=\"false\"", "model=\"m\""]
+        ),
+        4.0
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "llmmux_request_duration_seconds_count{",
+            &[route, "stream=\"true\"", "model=\"m\""]
+        ),
+        3.0
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "llmmux_time_to_first_token_seconds_count{",
+            &["model=\"m\""]
+        ),
+        3.0
+    );
+    // The simulator reports its usage; 8 completion tokens per request (tests/common).
+    assert_eq!(
+        sum(&m, "llmmux_completion_tokens_total{", &["model=\"m\""]),
+        56.0
+    );
+    assert!(sum(&m, "llmmux_prompt_tokens_total{", &["model=\"m\""]) > 0.0);
+    assert_eq!(
+        sum(&m, "llmmux_backend_up{", &[&format!("backend=\"{id}\"")]),
+        1.0
+    );
+    assert_eq!(sum(&m, "llmmux_backend_in_flight{", &[]), 0.0);
+    assert!(m.contains_key("llmmux_connections_open"));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_ejections_and_restarts_are_counted() {
+    let a = sim(&["m"]).await;
+    let b = sim(&["m"]).await;
+    let app = gateway(&[
+        ("BACKENDS", backends("m", &[&a, &b])),
+        ("FAILURE_THRESHOLD", "2".into()),
+    ])
+    .await;
+    all_healthy(&app).await;
+    a.set_fault(Fault::Status(503));
+    let failed = load(&app, "m", 20, 8, Duration::from_secs(10)).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    let m = scrape(&app).await;
+    let upstream_503 = a.stats().inference_requests as f64;
+    assert!(upstream_503 > 0.0);
+    assert_eq!(
+        sum(&m, "llmmux_retries_total{", &["model=\"m\""]),
+        upstream_503,
+        "every 503 was retried once"
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "llmmux_backend_ejections_total{",
+            &[&format!("backend=\"{}\"", id_of(&a))]
+        ),
+        1.0
+    );
+    assert!(
+        app.state
+            .faults
+            .crash(llmmux::faults::ActorKind::Discovery)
+            .await
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sum(
+                &scrape(&app).await,
+                "llmmux_actor_restarts_total{",
+                &["actor=\"discovery\""],
+            ) == 1.0
+        })
+        .await
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_behind_a_key_or_on_their_own_port() {
+    let s = sim(&["m"]).await;
+    let app = gateway(&[
+        ("BACKENDS", backends("m", &[&s])),
+        ("METRICS_KEY", "scrape-secret".into()),
+    ])
+    .await;
+    let c = client();
+    let r = c.get(url(&app, "/metrics")).send().await.expect("sent");
+    assert_eq!(r.status(), 401);
+    let r = c
+        .get(url(&app, "/metrics"))
+        .bearer_auth("scrape-secret")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 200);
+    app.shutdown().await;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let app = gateway(&[
+        ("BACKENDS", backends("m", &[&s])),
+        ("HOST", "127.0.0.1".into()),
+        ("METRICS_PORT", port.to_string()),
+    ])
+    .await;
+    let r = c.get(url(&app, "/metrics")).send().await.expect("sent");
+    assert_eq!(r.status(), 404, "not on the API port");
+    let r = c
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.expect("text").contains("llmmux_backend_up"));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_round_trip_to_the_server_and_back() {
+    let s = sim(&["m"]).await;
+    let app = gateway(&[("BACKENDS", backends("m", &[&s]))]).await;
+    let r = client()
+        .post(url(&app, "/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .header("x-request-id", "trace-me-42")
+        .json(&chat("m", false))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        r.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("trace-me-42")
+    );
+    let seen = s.stats().last_headers;
+    assert!(seen
+        .iter()
+        .any(|(k, v)| k == "x-request-id" && v == "trace-me-42"));
+    let r = post(&app, "/v1/chat/completions", &chat("m", false)).await;
+    let generated = r
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("generated id")
+        .to_owned();
+    assert!(s
+        .stats()
+        .last_headers
+        .iter()
+        .any(|(k, v)| k == "x-request-id" && *v == generated));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_servers() {
+    let s = sim(&["m"]).await;
+    let app = gateway(&[("BACKENDS", backends("m", &[&s]))]).await;
+    all_healthy(&app).await;
+    let ready = || async {
+        client()
+            .get(url(&app, "/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    assert_eq!(ready().await, 200);
+    s.set_health(503);
+    assert!(eventually(Duration::from_secs(5), || async { ready().await == 503 }).await);
+    s.set_health(200);
+    assert!(eventually(Duration::from_secs(5), || async { ready().await == 200 }).await);
+    app.shutdown().await;
+}
