@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{LiveConfig, ValidatedConfig};
+use crate::config::{ConfigSource, LiveConfig, ValidatedConfig};
 use crate::http::auth::Authenticator;
 use crate::http::server::FrontDoor;
 use crate::lifecycle::Lifecycle;
@@ -140,8 +140,18 @@ pub enum Exit {
 }
 
 impl App {
-    /// Build everything and start serving on `listener` (bound by the caller).
+    /// Build everything and start serving on `listener` (bound by the caller). Without a
+    /// configuration source, reloads are refused.
     pub async fn start(cfg: ValidatedConfig, listener: TcpListener) -> Result<App, AppError> {
+        Self::start_with_source(cfg, listener, None).await
+    }
+
+    /// As [`App::start`], keeping where the configuration came from for reloads.
+    pub async fn start_with_source(
+        cfg: ValidatedConfig,
+        listener: TcpListener,
+        source: Option<ConfigSource>,
+    ) -> Result<App, AppError> {
         let addr = listener.local_addr().map_err(AppError::Listener)?;
         let client = build_client(&cfg)?;
         let control = Arc::new(HttpControlPlane {
@@ -302,7 +312,8 @@ impl App {
             },
             lifecycle: Lifecycle::new(report),
             discovery,
-            auth: Authenticator::new(&cfg),
+            auth: arc_swap::ArcSwap::from_pointee(Authenticator::new(&cfg)),
+            source,
             front,
             sinks: Arc::new(OutcomeSinks::new(vec![
                 Arc::new(AccessLog),
@@ -359,6 +370,11 @@ impl App {
             stop_accepting,
             server,
         })
+    }
+
+    /// Read the configuration again and apply it (SIGHUP).
+    pub async fn reload(&self) -> Result<crate::reload::ReloadReport, crate::reload::ReloadError> {
+        crate::reload::reload(&self.state).await
     }
 
     /// Resolves when the gateway should stop by itself (escalation).

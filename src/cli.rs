@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use crate::app::{App, Exit};
-use crate::config::{Config, ConfigError, Sources, ValidatedConfig};
+use crate::config::{Config, ConfigError, ConfigSource, Sources, ValidatedConfig};
 use crate::sim::{self, SimConfig, ToolText};
 
 #[derive(Parser, Debug)]
@@ -112,8 +112,8 @@ pub fn main_exit_code() -> i32 {
 
 async fn run(cli: Cli) -> i32 {
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => match load_config(cli.config, &process_env) {
-            Ok(cfg) => serve(cfg).await,
+        Command::Serve => match load_config(cli.config.clone(), &process_env) {
+            Ok(cfg) => serve(cfg, ConfigSource::process(cli.config)).await,
             Err(errors) => report(&errors),
         },
         Command::CheckConfig => match load_config(cli.config, &process_env) {
@@ -140,7 +140,7 @@ async fn bind(cfg: &ValidatedConfig) -> Result<TcpListener, i32> {
     })
 }
 
-pub async fn serve(cfg: ValidatedConfig) -> i32 {
+pub async fn serve(cfg: ValidatedConfig, source: ConfigSource) -> i32 {
     crate::telemetry::init(&cfg.log_level, cfg.log_format);
     if !cfg.has_backends() {
         eprintln!("no backend configured: set BACKENDS=model:host:port,... or VLLM_SERVERS=host:port,...\n(to try LLMMux without vLLM, run `llmmux demo`)");
@@ -150,27 +150,51 @@ pub async fn serve(cfg: ValidatedConfig) -> i32 {
         Ok(l) => l,
         Err(code) => return code,
     };
-    run_app(cfg, listener).await
+    run_app(cfg, listener, source).await
 }
 
-async fn run_app(cfg: ValidatedConfig, listener: TcpListener) -> i32 {
+async fn run_app(cfg: ValidatedConfig, listener: TcpListener, source: ConfigSource) -> i32 {
     if cfg.api_keys.is_empty() {
         warn!("API_KEYS is empty: the gateway is OPEN, anyone who can reach it can use it");
     }
-    let app = match App::start(cfg, listener).await {
+    let app = match App::start_with_source(cfg, listener, Some(source)).await {
         Ok(a) => a,
         Err(e) => {
             error!(error = %e, "cannot start");
             return 1;
         }
     };
+    let reloads = tokio::spawn(reload_on_sighup(app.state.clone()));
     tokio::select! {
         _ = shutdown_signal() => info!("shutdown requested"),
         _ = app.escalated() => {},
     }
+    reloads.abort();
     match app.shutdown().await {
         Exit::Requested => 0,
         Exit::Escalated => 1,
+    }
+}
+
+/// SIGHUP re-reads the configuration; a refused one is logged and the old one stays.
+async fn reload_on_sighup(state: std::sync::Arc<crate::state::AppState>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            warn!("cannot listen for SIGHUP: reload only through POST /admin/reload");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            info!("SIGHUP: reloading the configuration");
+            if let Err(e) = crate::reload::reload(&state).await {
+                warn!(error = %e, "reload refused; the old configuration keeps serving");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = state;
     }
 }
 
@@ -302,7 +326,11 @@ async fn demo(file: Option<PathBuf>) -> i32 {
             other => std::env::var(other).ok(),
         }
     };
-    let cfg = match load_config(file, &demo_env) {
+    let source = ConfigSource {
+        env: std::sync::Arc::new(demo_env),
+        file,
+    };
+    let cfg = match source.load() {
         Ok(c) => c,
         Err(errors) => return report(&errors),
     };
@@ -345,7 +373,7 @@ Ctrl-C stops the demo.
             .map(|k| k.expose().to_owned())
             .unwrap_or_default(),
     );
-    let code = run_app(cfg, listener).await;
+    let code = run_app(cfg, listener, source).await;
     for s in sims {
         s.shutdown();
     }

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod principal;
 pub mod proxy;
+pub mod reload;
 pub mod sim;
 pub mod state;
 pub mod telemetry;

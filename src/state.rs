@@ -20,7 +20,10 @@ pub struct AppState {
     pub proxy: Proxy,
     pub lifecycle: Lifecycle,
     pub discovery: DiscoveryHandle,
-    pub auth: Authenticator,
+    /// Rebuilt on reload (the static keys may change).
+    pub auth: arc_swap::ArcSwap<Authenticator>,
+    /// Where a reload reads the configuration again (none: reload is refused).
+    pub source: Option<crate::config::ConfigSource>,
     pub front: Arc<FrontDoor>,
     pub metrics: Arc<Metrics>,
     pub sinks: Arc<OutcomeSinks>,

@@ -265,3 +265,138 @@ async fn readiness_follows_the_servers() {
     assert!(eventually(Duration::from_secs(5), || async { ready().await == 200 }).await);
     app.shutdown().await;
 }
+
+async fn reload(app: &llmmux::app::App) -> reqwest::Response {
+    client()
+        .post(url(app, "/admin/reload"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("sent")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_and_removes_servers_without_failing_a_request() {
+    let a = sim(&["m"]).await;
+    let b = sim(&["m"]).await;
+    let (app, env) = gateway_with_env(&[("BACKENDS", backends("m", &[&a]))], None).await;
+    all_healthy(&app).await;
+    let app = std::sync::Arc::new(app);
+    let traffic = {
+        let app = app.clone();
+        tokio::spawn(async move { load(&app, "m", 300, 4, Duration::from_secs(10)).await })
+    };
+    env.set("BACKENDS", backends("m", &[&a, &b]));
+    let r = reload(&app).await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["servers"]["added"][0], id_of(&b));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            b.stats().inference_requests > 0
+        })
+        .await,
+        "the new server takes traffic"
+    );
+    env.set("BACKENDS", backends("m", &[&b]));
+    let v: serde_json::Value = reload(&app).await.json().await.expect("json");
+    assert_eq!(v["servers"]["removed"][0], id_of(&a));
+    let failed = traffic.await.expect("traffic task");
+    assert!(
+        failed.is_empty(),
+        "requests failed during reloads: {failed:?}"
+    );
+    let before = a.stats().inference_requests;
+    assert_eq!(
+        post(&app, "/v1/chat/completions", &chat("m", false))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        a.stats().inference_requests,
+        before,
+        "the removed server gets nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_keys_and_refuses_an_invalid_config_whole() {
+    let s = sim(&["m"]).await;
+    let (app, env) = gateway_with_env(&[("BACKENDS", backends("m", &[&s]))], None).await;
+    let with_key = |k: &'static str| {
+        client()
+            .post(url(&app, "/v1/chat/completions"))
+            .bearer_auth(k)
+            .json(&chat("m", false))
+            .send()
+    };
+    env.set("API_KEYS", "sk-new-key");
+    env.set("MAX_ATTEMPTS", "0");
+    let r = reload(&app).await;
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.expect("json");
+    let msg = v["error"]["message"].as_str().expect("message");
+    assert!(msg.contains("MAX_ATTEMPTS"), "{msg}");
+    assert_eq!(
+        with_key(KEY).await.expect("sent").status(),
+        200,
+        "old keys still work"
+    );
+    assert_eq!(with_key("sk-new-key").await.expect("sent").status(), 401);
+    env.set("MAX_ATTEMPTS", "2");
+    env.set("MODEL_ALIASES", "public=m");
+    env.set("PORT", "1");
+    let r = reload(&app).await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert!(v["restart_needed"].to_string().contains("PORT"), "{v}");
+    assert_eq!(
+        with_key(KEY).await.expect("sent").status(),
+        401,
+        "old key gone"
+    );
+    assert_eq!(with_key("sk-new-key").await.expect("sent").status(), 200);
+    let r = client()
+        .post(url(&app, "/v1/chat/completions"))
+        .bearer_auth("sk-new-key")
+        .json(&chat("public", false))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 200, "the new alias is in force");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rereads_the_yaml_file() {
+    use common::child::*;
+    let a = sim(&["m"]).await;
+    let b = sim(&["n"]).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("llmmux.yaml");
+    std::fs::write(&file, format!("backends: [\"m:{}\"]\n", a.addr())).expect("write");
+    let mut cmd = llmmux();
+    cmd.args(["--config", &file.display().to_string()]);
+    let (child, addr) = serve(cmd, &[("API_KEYS", KEY.into())]);
+    std::fs::write(
+        &file,
+        format!("backends: [\"m:{}\", \"n:{}\"]\n", a.addr(), b.addr()),
+    )
+    .expect("write");
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &child.pid().to_string()])
+        .status();
+    let c = client();
+    let served = eventually(Duration::from_secs(5), || async {
+        c.post(format!("http://{addr}/v1/chat/completions"))
+            .bearer_auth(KEY)
+            .json(&chat("n", false))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(served, "the model of the server added by SIGHUP is served");
+    assert_eq!(child.stop(), Some(0));
+}

@@ -85,6 +85,19 @@ pub struct BackendSpec {
     pub passive: PassivePolicy,
     /// Options of the HTTP layer (credentials, extra headers), opaque to the actors.
     pub ext: Arc<dyn Any + Send + Sync>,
+    /// Where it came from: a config reload only adds, changes and removes `Config` servers.
+    pub origin: Origin,
+    /// Digest of every option, so a reload can tell a changed server from an unchanged one.
+    pub revision: u64,
+}
+
+/// Who added a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The configuration (environment, YAML).
+    Config,
+    /// The admin API at runtime.
+    Admin,
 }
 
 impl fmt::Debug for BackendSpec {
@@ -136,6 +149,8 @@ const FAILURE_PENALTY: f32 = 20.0;
 /// Shared per-server handle: static identity plus the counters the hot path updates.
 pub struct BackendHandle {
     pub id: BackendId,
+    pub origin: Origin,
+    pub revision: u64,
     pub base_url: Arc<str>,
     pub max_in_flight: u32,
     pub health_check: HealthCheck,
@@ -187,6 +202,8 @@ impl BackendHandle {
     pub fn new(spec: &BackendSpec, registry: Slot<RegistryMsg>) -> Self {
         Self {
             id: spec.id.clone(),
+            origin: spec.origin,
+            revision: spec.revision,
             base_url: spec.base_url.clone(),
             max_in_flight: spec.max_in_flight,
             health_check: spec.health.clone(),
@@ -343,6 +360,8 @@ mod tests {
             health: HealthCheck::Passive,
             passive: PassivePolicy::default(),
             ext: Arc::new(()),
+            origin: Origin::Config,
+            revision: 0,
         }
     }
 

@@ -44,6 +44,13 @@ pub enum RegistryMsg {
         spec: BackendSpec,
         reply: RpcReplyPort<Result<(), MembershipError>>,
     },
+    /// Make the configured servers (`Origin::Config`) exactly `specs`: add the new ones,
+    /// replace the changed ones, remove the others, in one snapshot. Requests in flight on
+    /// a replaced or removed server finish on it. Servers added by the admin API stay.
+    Reconcile {
+        specs: Vec<BackendSpec>,
+        reply: RpcReplyPort<Reconciled>,
+    },
     /// Remove a server (callers drain it first); replies false for an unknown id.
     Remove {
         id: BackendId,
@@ -60,6 +67,16 @@ pub enum RegistryMsg {
     /// Fault injection for supervision tests and the chaos suite.
     #[cfg(feature = "fault-injection")]
     Crash,
+}
+
+/// What a reconcile changed, by server id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    pub added: Vec<String>,
+    pub updated: Vec<String>,
+    pub removed: Vec<String>,
+    /// Configured ids that an admin-added server already uses (left alone).
+    pub skipped: Vec<String>,
 }
 
 /// Why a server could not be added.
@@ -127,6 +144,9 @@ impl Actor for RegistryActor {
             }
             RegistryMsg::Add { spec, reply } => {
                 let _ = reply.send(state.add(spec));
+            }
+            RegistryMsg::Reconcile { specs, reply } => {
+                let _ = reply.send(state.reconcile(specs));
             }
             RegistryMsg::Remove { id, reply } => {
                 let _ = reply.send(state.remove(&id));
@@ -290,6 +310,73 @@ impl RegistryState {
         Ok(())
     }
 
+    fn reconcile(&mut self, specs: Vec<BackendSpec>) -> Reconciled {
+        use crate::backend::Origin;
+        let mut out = Reconciled::default();
+        let mut backends = self.table.backends.clone();
+        let mut start = Vec::new();
+        let mut stop = Vec::new();
+        let wanted: std::collections::BTreeSet<BackendId> =
+            specs.iter().map(|s| s.id.clone()).collect();
+        backends.retain(|id, e| {
+            let keep = e.handle.origin != Origin::Config || wanted.contains(id);
+            if !keep {
+                out.removed.push(id.to_string());
+                stop.push(id.clone());
+            }
+            keep
+        });
+        for spec in specs {
+            let models: Vec<ModelCard> = spec
+                .static_models
+                .iter()
+                .map(|m| ModelCard::bare(m))
+                .collect();
+            match backends.get(&spec.id) {
+                Some(e) if e.handle.origin != Origin::Config => {
+                    out.skipped.push(spec.id.to_string());
+                }
+                Some(e) if e.handle.revision == spec.revision => {}
+                Some(e) => {
+                    let handle = Arc::new(BackendHandle::new(&spec, self.args.slot.clone()));
+                    let mut next = BackendEntry::new(handle.clone(), models, spec.discover);
+                    if e.handle.base_url == spec.base_url {
+                        // Same server, new options: it keeps its health and its models.
+                        next.breaker = e.breaker.clone();
+                        next.models = e.models.clone();
+                        next.model_source = e.model_source;
+                        next.drained = e.drained;
+                    }
+                    out.updated.push(spec.id.to_string());
+                    stop.push(spec.id.clone());
+                    start.push(handle);
+                    backends.insert(spec.id.clone(), next);
+                }
+                None => {
+                    let handle = Arc::new(BackendHandle::new(&spec, self.args.slot.clone()));
+                    out.added.push(spec.id.to_string());
+                    start.push(handle.clone());
+                    backends.insert(
+                        spec.id.clone(),
+                        BackendEntry::new(handle, models, spec.discover),
+                    );
+                }
+            }
+        }
+        if out.added.is_empty() && out.updated.is_empty() && out.removed.is_empty() {
+            return out;
+        }
+        info!(added = ?out.added, updated = ?out.updated, removed = ?out.removed, generation = self.table.generation + 1, "configured servers reconciled");
+        self.publish(backends);
+        for id in &stop {
+            self.args.health.stop(id);
+        }
+        for h in start {
+            self.args.health.start(h);
+        }
+        out
+    }
+
     fn remove(&mut self, id: &BackendId) -> bool {
         if !self.table.backends.contains_key(id) {
             return false;
@@ -385,6 +472,15 @@ impl RegistryHandle {
         .await
     }
 
+    /// Make the configured servers exactly `specs` (see [`RegistryMsg::Reconcile`]).
+    pub async fn reconcile(&self, specs: Vec<BackendSpec>) -> Result<Reconciled, RegistryError> {
+        self.call(Duration::from_secs(5), |reply| RegistryMsg::Reconcile {
+            specs,
+            reply,
+        })
+        .await
+    }
+
     /// Drain a server, wait up to `grace` for its requests to finish, then remove it.
     /// `Ok(false)`: no such server.
     pub async fn drain_and_remove(
@@ -446,6 +542,8 @@ mod tests {
                 rate: 1.0,
             },
             ext: Arc::new(()),
+            origin: crate::backend::Origin::Config,
+            revision: 0,
         }
     }
 

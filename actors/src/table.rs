@@ -250,6 +250,8 @@ mod tests {
             health: HealthCheck::Passive,
             passive: PassivePolicy::default(),
             ext: Arc::new(()),
+            origin: crate::backend::Origin::Config,
+            revision: 0,
         };
         let models: Vec<ModelCard> = models.iter().map(|m| ModelCard::bare(m)).collect();
         let mut e = BackendEntry::new(

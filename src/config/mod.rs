@@ -296,6 +296,31 @@ pub struct Sources<'a> {
     pub file: Option<PathBuf>,
 }
 
+/// Where the configuration is read from, kept for reloads (SIGHUP, `POST /admin/reload`):
+/// the same file and environment (including `NAME_FILE` secrets) read again.
+#[derive(Clone)]
+pub struct ConfigSource {
+    pub env: std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    pub file: Option<PathBuf>,
+}
+
+impl ConfigSource {
+    /// The process environment and an optional YAML file.
+    pub fn process(file: Option<PathBuf>) -> Self {
+        Self {
+            env: std::sync::Arc::new(|name| std::env::var(name).ok()),
+            file,
+        }
+    }
+
+    pub fn load(&self) -> Result<ValidatedConfig, Vec<ConfigError>> {
+        Config::load(&Sources {
+            env: &*self.env,
+            file: self.file.clone(),
+        })
+    }
+}
+
 impl Config {
     pub fn load(src: &Sources<'_>) -> Result<ValidatedConfig, Vec<ConfigError>> {
         let mut errors = Vec::new();

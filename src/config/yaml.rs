@@ -47,7 +47,7 @@ fn yes() -> bool {
 }
 
 /// How a server's liveness is checked, from the `health` option.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HealthOption {
     Path(String),
     Models,

@@ -213,3 +213,28 @@ pub async fn discovery_refresh(state: &AppState) -> Response<Body> {
         .into_response(),
     }
 }
+
+/// `POST /admin/reload`: 200 with what changed, or 400 with every problem (the running
+/// configuration stays).
+pub async fn reload(state: &AppState) -> Result<Response<Body>, GatewayError> {
+    match crate::reload::reload(state).await {
+        Ok(report) => Ok(json_response(StatusCode::OK, &report.to_json())),
+        Err(crate::reload::ReloadError::Invalid(errors)) => Err(GatewayError::InvalidRequest {
+            message: format!(
+                "The new configuration was refused; the old one keeps serving. {}",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            param: None,
+        }),
+        Err(crate::reload::ReloadError::NoSource) => Err(GatewayError::Conflict(
+            "This gateway was started without a configuration source to reload.".into(),
+        )),
+        Err(crate::reload::ReloadError::Registry) => Err(GatewayError::Unavailable(
+            "The registry is restarting; retry shortly.",
+        )),
+    }
+}

@@ -36,7 +36,7 @@ fn summary(state: &AppState, detail: bool) -> serde_json::Value {
 
 pub fn healthz(state: &AppState, headers: &HeaderMap) -> Response<Body> {
     let admin = headers.contains_key(http::header::AUTHORIZATION)
-        && state.auth.authorize(Access::Admin, headers).is_ok();
+        && state.auth.load().authorize(Access::Admin, headers).is_ok();
     let mut v = summary(state, admin);
     v["status"] = json!("ok");
     json_response(StatusCode::OK, &v)

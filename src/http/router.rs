@@ -33,6 +33,7 @@ enum Route {
     Backend,
     BackendDrain,
     BackendUndrain,
+    Reload,
 }
 
 struct Def {
@@ -70,6 +71,7 @@ fn defs() -> Vec<(&'static str, Def)> {
             "/admin/backends",
             d(Route::Backends, &[Method::GET, Method::POST], Access::Admin),
         ),
+        ("/admin/reload", d(Route::Reload, POST, Access::Admin)),
         (
             "/admin/backends/{id}",
             d(
@@ -201,7 +203,7 @@ async fn dispatch(
         return Ok(resp);
     }
     let method = if as_get { Method::GET } else { method };
-    let principal = Arc::new(state.auth.authorize(def.access, req.headers())?);
+    let principal = Arc::new(state.auth.load().authorize(def.access, req.headers())?);
     outcome.update(|r| r.principal = Some(principal.clone()));
     let id = found.params.get("id").map(str::to_owned);
     let id = id.as_deref().unwrap_or("");
@@ -223,6 +225,7 @@ async fn dispatch(
         (Route::Backend, _) => admin::backend(state, id),
         (Route::BackendDrain, _) => Ok(admin::set_drain(state, id, true).await),
         (Route::BackendUndrain, _) => Ok(admin::set_drain(state, id, false).await),
+        (Route::Reload, _) => admin::reload(state).await,
     }
 }
 

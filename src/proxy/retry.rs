@@ -147,6 +147,18 @@ impl RetryBudgets {
         }
     }
 
+    /// A new policy: budgets start afresh under it.
+    pub fn set_policy(&self, policy: BudgetPolicy) {
+        let mut current = self.policy.write().unwrap_or_else(|p| p.into_inner());
+        if *current != policy {
+            *current = policy;
+            self.by_model
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+        }
+    }
+
     pub fn get(&self, model: &str) -> Arc<RetryBudget> {
         if let Some(b) = self
             .by_model

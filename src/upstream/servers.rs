@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use llmmux_actors::backend::{BackendId, BackendSpec, HealthCheck, PassivePolicy};
+use std::hash::{Hash, Hasher};
+
+use llmmux_actors::backend::{BackendId, BackendSpec, HealthCheck, Origin, PassivePolicy};
 
 use crate::config::{normalize_base_url, Config, HealthOption, Secret, ServerOptions};
 
@@ -56,10 +58,26 @@ struct Plan {
 }
 
 impl Plan {
-    fn spec(self, id: BackendId, cfg: &Config) -> Result<BackendSpec, String> {
+    fn spec(self, id: BackendId, cfg: &Config, origin: Origin) -> Result<BackendSpec, String> {
         let key = self.key.as_ref().or(cfg.vllm_api_key.as_ref());
         let ext = ServerExt::new(key, &self.headers)?;
+        let passive = passive(cfg);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            &self.url,
+            &self.models,
+            self.discover,
+            self.max_in_flight,
+            &self.health,
+            &self.headers,
+            key.map(Secret::expose),
+            passive.consecutive,
+            passive.rate.to_bits(),
+        )
+            .hash(&mut h);
         Ok(BackendSpec {
+            origin,
+            revision: h.finish(),
             id,
             base_url: self.url.into(),
             static_models: self.models.iter().map(|m| Arc::from(m.as_str())).collect(),
@@ -70,7 +88,7 @@ impl Plan {
                 HealthOption::Models => HealthCheck::Models,
                 HealthOption::None => HealthCheck::Passive,
             },
-            passive: passive(cfg),
+            passive,
             ext: Arc::new(ext),
         })
     }
@@ -146,7 +164,7 @@ pub fn specs_from_config(cfg: &Config) -> Vec<BackendSpec> {
     let mut specs: Vec<BackendSpec> = Vec::new();
     for p in plans {
         let id = unique_id(&specs, p.name.clone(), &p.url);
-        match p.spec(id, cfg) {
+        match p.spec(id, cfg, Origin::Config) {
             Ok(s) => specs.push(s),
             Err(e) => tracing::warn!(reason = %e, "server skipped"),
         }
@@ -183,7 +201,7 @@ pub fn spec_from_options(o: &ServerOptions, cfg: &Config) -> Result<BackendSpec,
         .clone()
         .map(BackendId::new)
         .unwrap_or_else(|| BackendId::from_url(&p.url));
-    p.spec(id, cfg).map_err(|e| vec![e])
+    p.spec(id, cfg, Origin::Admin).map_err(|e| vec![e])
 }
 
 #[cfg(test)]

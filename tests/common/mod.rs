@@ -7,7 +7,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use llmmux::app::App;
-use llmmux::config::{Config, Sources};
 use llmmux::sim::{self, SimConfig, SimHandle};
 use tokio::net::TcpListener;
 
@@ -55,24 +54,52 @@ pub async fn gateway(extra: &[(&str, String)]) -> App {
     gateway_with_file(extra, None).await
 }
 
+/// The environment a test gateway reads, changeable for reloads.
+#[derive(Clone, Default)]
+pub struct TestEnv(std::sync::Arc<std::sync::RwLock<HashMap<String, String>>>);
+
+impl TestEnv {
+    pub fn set(&self, k: &str, v: impl Into<String>) {
+        self.0.write().expect("env").insert(k.to_owned(), v.into());
+    }
+    pub fn get(&self, k: &str) -> Option<String> {
+        self.0.read().expect("env").get(k).cloned()
+    }
+}
+
 /// A gateway with a YAML config file as well (`--config`).
 pub async fn gateway_with_file(extra: &[(&str, String)], file: Option<std::path::PathBuf>) -> App {
-    let mut vars: HashMap<String, String> = base_vars()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+    gateway_with_env(extra, file).await.0
+}
+
+/// A gateway whose environment the test can change before a reload.
+pub async fn gateway_with_env(
+    extra: &[(&str, String)],
+    file: Option<std::path::PathBuf>,
+) -> (App, TestEnv) {
+    let env = TestEnv::default();
+    for (k, v) in base_vars() {
+        env.set(k, v);
+    }
     for (k, v) in extra {
-        vars.insert(k.to_string(), v.clone());
+        env.set(k, v.clone());
     }
     if std::env::var("TEST_LOG").is_ok() {
         llmmux::telemetry::init("info", llmmux::config::LogFormat::Text);
     }
-    let env = move |k: &str| vars.get(k).cloned();
-    let cfg = Config::load(&Sources { env: &env, file }).expect("valid test config");
+    let reader = env.clone();
+    let source = llmmux::config::ConfigSource {
+        env: std::sync::Arc::new(move |k: &str| reader.get(k)),
+        file,
+    };
+    let cfg = source.load().expect("valid test config");
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind gateway");
-    App::start(cfg, listener).await.expect("start gateway")
+    let app = App::start_with_source(cfg, listener, Some(source))
+        .await
+        .expect("start gateway");
+    (app, env)
 }
 
 /// `BACKENDS` value: `model` served by each sim.
