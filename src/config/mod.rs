@@ -296,11 +296,14 @@ pub struct Sources<'a> {
     pub file: Option<PathBuf>,
 }
 
+/// Reads one environment variable (the process environment, or a test's map).
+pub type EnvReader = std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Where the configuration is read from, kept for reloads (SIGHUP, `POST /admin/reload`):
 /// the same file and environment (including `NAME_FILE` secrets) read again.
 #[derive(Clone)]
 pub struct ConfigSource {
-    pub env: std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    pub env: EnvReader,
     pub file: Option<PathBuf>,
 }
 
