@@ -140,8 +140,19 @@ async fn bind(cfg: &ValidatedConfig) -> Result<TcpListener, i32> {
     })
 }
 
+/// Logs and traces for the process; exit 1 if the exporter cannot be built.
+fn telemetry(cfg: &ValidatedConfig) -> Result<crate::telemetry::Telemetry, i32> {
+    crate::telemetry::init(&cfg.log_level, cfg.log_format, cfg.otel().as_ref()).map_err(|e| {
+        eprintln!("{e}");
+        1
+    })
+}
+
 pub async fn serve(cfg: ValidatedConfig, source: ConfigSource) -> i32 {
-    crate::telemetry::init(&cfg.log_level, cfg.log_format);
+    let telemetry = match telemetry(&cfg) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
     if !cfg.has_backends() {
         eprintln!("no backend configured: set BACKENDS=model:host:port,... or VLLM_SERVERS=host:port,...\n(to try LLMMux without vLLM, run `llmmux demo`)");
         return 2;
@@ -150,7 +161,9 @@ pub async fn serve(cfg: ValidatedConfig, source: ConfigSource) -> i32 {
         Ok(l) => l,
         Err(code) => return code,
     };
-    run_app(cfg, listener, source).await
+    let code = run_app(cfg, listener, source).await;
+    telemetry.shutdown();
+    code
 }
 
 async fn run_app(cfg: ValidatedConfig, listener: TcpListener, source: ConfigSource) -> i32 {
@@ -221,7 +234,7 @@ async fn shutdown_signal() {
 }
 
 async fn sim_vllm(args: SimArgs) -> i32 {
-    crate::telemetry::init("info", crate::config::LogFormat::Text);
+    let _ = crate::telemetry::init("info", crate::config::LogFormat::Text, None);
     let tool_text = match args.tool_text.as_deref().map(str::parse::<ToolText>) {
         None => None,
         Some(Ok(t)) => Some(t),
@@ -334,7 +347,10 @@ async fn demo(file: Option<PathBuf>) -> i32 {
         Ok(c) => c,
         Err(errors) => return report(&errors),
     };
-    crate::telemetry::init(&cfg.log_level, cfg.log_format);
+    let telemetry = match telemetry(&cfg) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
     let listener = match bind(&cfg).await {
         Ok(l) => l,
         Err(code) => return code,
@@ -377,6 +393,7 @@ Ctrl-C stops the demo.
     for s in sims {
         s.shutdown();
     }
+    telemetry.shutdown();
     code
 }
 

@@ -70,6 +70,9 @@ impl OutcomeSinks {
 
 struct Cell {
     start: Instant,
+    /// The request's span, kept open until the record finishes, which then writes the
+    /// OpenTelemetry GenAI attributes onto it.
+    span: tracing::Span,
     rec: Mutex<RequestRecord>,
     sinks: Arc<OutcomeSinks>,
 }
@@ -82,6 +85,7 @@ impl Drop for Cell {
             rec.status = CLIENT_CLOSED;
             rec.error.get_or_insert("client_gone");
         }
+        annotate(&self.span, rec);
         for sink in &self.sinks.0 {
             sink.record(rec);
         }
@@ -105,9 +109,11 @@ impl Outcome {
         endpoint: &str,
         client_addr: IpAddr,
         sinks: Arc<OutcomeSinks>,
+        span: tracing::Span,
     ) -> Self {
         Self(Arc::new(Cell {
             start: Instant::now(),
+            span,
             rec: Mutex::new(RequestRecord {
                 id,
                 ts: SystemTime::now(),
@@ -171,6 +177,59 @@ impl Outcome {
     }
 }
 
+/// GenAI semantic-convention operation of a route.
+fn operation(route: &str) -> &'static str {
+    match route {
+        "/v1/chat/completions" => "chat",
+        "/v1/completions" => "text_completion",
+        "/v1/embeddings" => "embeddings",
+        "/v1/responses" => "chat",
+        _ => "other",
+    }
+}
+
+/// The attributes tracing and OpenTelemetry exporters read (fields declared by the router's
+/// request span; unknown fields are ignored by `tracing`).
+fn annotate(span: &tracing::Span, r: &RequestRecord) {
+    if span.is_disabled() {
+        return;
+    }
+    let op = operation(r.route);
+    span.record("http.response.status_code", r.status);
+    span.record("llmmux.attempts", r.attempts);
+    if let Some(m) = &r.model {
+        span.record("gen_ai.request.model", m.as_str());
+        // The GenAI span name, "{operation} {model}". The exported span may already exist
+        // (child spans were entered), so rename it there as well.
+        let name = format!("{op} {m}");
+        span.record("otel.name", name.as_str());
+        {
+            use opentelemetry::trace::TraceContextExt;
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            span.context().span().update_name(name);
+        }
+    }
+    if op != "other" {
+        span.record("gen_ai.operation.name", op);
+        span.record("gen_ai.system", "vllm");
+    }
+    if let Some(b) = &r.backend {
+        span.record("llmmux.backend", b.as_str());
+    }
+    if let Some(n) = r.prompt_tokens {
+        span.record("gen_ai.usage.input_tokens", n);
+    }
+    if let Some(n) = r.completion_tokens {
+        span.record("gen_ai.usage.output_tokens", n);
+    }
+    if let Some(e) = r.error {
+        span.record("error.type", e);
+    }
+    if r.status >= 500 || (r.error.is_some() && r.status < 400) {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
 /// One access-log line per request.
 pub struct AccessLog;
 
@@ -221,6 +280,7 @@ mod tests {
             "/v1/chat/completions",
             IpAddr::from([127, 0, 0, 1]),
             Arc::new(OutcomeSinks::new(vec![sink.clone()])),
+            tracing::Span::none(),
         )
     }
 

@@ -1,10 +1,17 @@
-//! Logging setup: `tracing` with `LOG_LEVEL` as an env-filter and `LOG_FORMAT` text or json.
-//! Text logs are coloured only on a terminal and never when `NO_COLOR` is set, so files and
-//! pipes get plain text.
+//! Logging and tracing setup: `tracing` with `LOG_LEVEL` as an env-filter and `LOG_FORMAT`
+//! text or json (every line inside a request carries its span, so its request id), and an
+//! OpenTelemetry exporter (OTLP over HTTP/protobuf) when `OTEL_EXPORTER_OTLP_ENDPOINT` is
+//! set. Text logs are coloured only on a terminal and never when `NO_COLOR` is set.
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
@@ -13,20 +20,88 @@ pub fn use_colour(no_color: Option<&str>, stdout_is_terminal: bool) -> bool {
     stdout_is_terminal && no_color.is_none_or(str::is_empty)
 }
 
-pub fn init(level: &str, format: LogFormat) {
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+/// Where traces go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtelConfig {
+    /// `http://collector:4318` (the `/v1/traces` path is added).
+    pub endpoint: String,
+    pub service_name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("cannot build the OTLP exporter: {0}")]
+    Exporter(String),
+}
+
+/// Keeps the trace pipeline alive; flush it before the process ends.
+#[derive(Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Export every finished span now (shutdown, tests).
+    pub fn flush(&self) {
+        if let Some(p) = &self.provider {
+            let _ = p.force_flush();
+        }
+    }
+
+    pub fn shutdown(self) {
+        if let Some(p) = self.provider {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+/// Install the global subscriber. A second call (tests) keeps the first subscriber.
+pub fn init(
+    level: &str,
+    format: LogFormat,
+    otel: Option<&OtelConfig>,
+) -> Result<Telemetry, TelemetryError> {
+    let filter = || EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let colour = use_colour(
         std::env::var("NO_COLOR").ok().as_deref(),
         std::io::stdout().is_terminal(),
     );
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_ansi(colour);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let fmt = match format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
     };
+    let (otel_layer, provider) = match otel {
+        Some(o) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(format!("{}/v1/traces", o.endpoint.trim_end_matches('/')))
+                .build()
+                .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+            let provider = SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(
+                    Resource::builder_empty()
+                        .with_service_name(o.service_name.clone())
+                        .build(),
+                )
+                .build();
+            let tracer = provider.tracer("llmmux");
+            // Only the request and attempt spans are exported, whatever LOG_LEVEL says.
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(EnvFilter::new("llmmux=info"));
+            (Some(layer), Some(provider))
+        }
+        None => (None, None),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter()))
+        .with(otel_layer)
+        .try_init();
+    Ok(Telemetry { provider })
 }
 
 #[cfg(test)]

@@ -400,3 +400,133 @@ async fn sighup_rereads_the_yaml_file() {
     assert!(served, "the model of the server added by SIGHUP is served");
     assert_eq!(child.stop(), Some(0));
 }
+
+/// An in-process OTLP/HTTP receiver: the spans it got, as (name, attributes).
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, HashMap<String, String>)>>>;
+
+async fn otlp_receiver() -> (std::net::SocketAddr, Received) {
+    use http_body_util::BodyExt;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    use prost::Message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let got: Received = Default::default();
+    let sink = got.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let sink = sink.clone();
+                        async move {
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            if let Ok(export) = ExportTraceServiceRequest::decode(body) {
+                                let mut out = sink.lock().expect("sink");
+                                for rs in export.resource_spans {
+                                    for ss in rs.scope_spans {
+                                        for span in ss.spans {
+                                            let attrs = span
+                                                .attributes
+                                                .iter()
+                                                .map(|kv| {
+                                                    let v = match kv
+                                                        .value
+                                                        .as_ref()
+                                                        .and_then(|v| v.value.clone())
+                                                    {
+                                                        Some(Any::StringValue(s)) => s,
+                                                        Some(Any::IntValue(i)) => i.to_string(),
+                                                        Some(Any::BoolValue(b)) => b.to_string(),
+                                                        Some(Any::DoubleValue(d)) => d.to_string(),
+                                                        other => format!("{other:?}"),
+                                                    };
+                                                    (kv.key.clone(), v)
+                                                })
+                                                .collect();
+                                            out.push((span.name, attrs));
+                                        }
+                                    }
+                                }
+                            }
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::new()),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_reach_an_otlp_receiver_with_genai_attributes() {
+    let (receiver, got) = otlp_receiver().await;
+    let telemetry = llmmux::telemetry::init(
+        "warn",
+        llmmux::config::LogFormat::Text,
+        Some(&llmmux::telemetry::OtelConfig {
+            endpoint: format!("http://{receiver}"),
+            service_name: "llmmux-test".into(),
+        }),
+    )
+    .expect("exporter");
+    let s = sim(&["m"]).await;
+    let app = gateway(&[("BACKENDS", backends("m", &[&s]))]).await;
+    for stream in [false, true] {
+        let r = post(&app, "/v1/chat/completions", &chat("m", stream)).await;
+        assert_eq!(r.status(), 200);
+        r.bytes().await.expect("body");
+    }
+    let telemetry = std::sync::Arc::new(telemetry);
+    let found = eventually(Duration::from_secs(10), || {
+        let (t, got) = (telemetry.clone(), got.clone());
+        async move {
+            let _ = tokio::task::spawn_blocking(move || t.flush()).await;
+            let spans = got.lock().expect("spans");
+            spans.iter().filter(|(n, _)| n == "chat m").count() == 2
+                && spans.iter().any(|(n, _)| n == "attempt")
+        }
+    })
+    .await;
+    assert!(found, "spans: {:?}", got.lock().expect("spans"));
+    let spans = got.lock().expect("spans").clone();
+    for (_, a) in spans.iter().filter(|(n, _)| n == "chat m") {
+        assert_eq!(
+            a.get("gen_ai.operation.name").map(String::as_str),
+            Some("chat")
+        );
+        assert_eq!(a.get("gen_ai.request.model").map(String::as_str), Some("m"));
+        assert_eq!(a.get("gen_ai.system").map(String::as_str), Some("vllm"));
+        assert_eq!(
+            a.get("gen_ai.usage.output_tokens").map(String::as_str),
+            Some("8")
+        );
+        assert!(a.contains_key("gen_ai.usage.input_tokens"), "{a:?}");
+        assert_eq!(
+            a.get("http.response.status_code").map(String::as_str),
+            Some("200")
+        );
+        assert_eq!(a.get("llmmux.backend"), Some(&id_of(&s)));
+        assert!(a.contains_key("request_id"));
+    }
+    let attempt = spans
+        .iter()
+        .find(|(n, _)| n == "attempt")
+        .expect("attempt span");
+    assert_eq!(attempt.1.get("backend"), Some(&id_of(&s)));
+    app.shutdown().await;
+}

@@ -87,6 +87,9 @@ pub struct Config {
     pub metrics_key: Option<Secret>,
     /// Serve `/metrics` on this port only (not on `PORT`).
     pub metrics_port: Option<u16>,
+    /// OTLP/HTTP collector for traces (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub otel_endpoint: Option<String>,
+    pub otel_service_name: String,
     // --- failover and liveness ---
     /// Retries allowed per model: this percentage of recent requests...
     pub retry_budget_percent: u32,
@@ -129,6 +132,16 @@ impl ValidatedConfig {
         } else {
             Err(errors)
         }
+    }
+
+    /// Where traces go, if anywhere.
+    pub fn otel(&self) -> Option<crate::telemetry::OtelConfig> {
+        self.otel_endpoint
+            .as_ref()
+            .map(|endpoint| crate::telemetry::OtelConfig {
+                endpoint: endpoint.clone(),
+                service_name: self.otel_service_name.clone(),
+            })
     }
 
     pub fn has_backends(&self) -> bool {
@@ -260,6 +273,11 @@ impl ValidatedConfig {
             "METRICS_PORT",
             c.metrics_port.map(|p| p.to_string()).unwrap_or_default(),
         );
+        line(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            c.otel_endpoint.clone().unwrap_or_default(),
+        );
+        line("OTEL_SERVICE_NAME", c.otel_service_name.clone());
         line("RETRY_BUDGET_PERCENT", c.retry_budget_percent.to_string());
         line(
             "RETRY_BUDGET_MIN_PER_SEC",
@@ -434,6 +452,13 @@ impl Config {
             metrics_key: v!("METRICS_KEY")
                 .filter(|s| !s.trim().is_empty())
                 .map(|s| Secret::new(s.trim())),
+            otel_endpoint: v!("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty()),
+            otel_service_name: v!("OTEL_SERVICE_NAME")
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "llmmux".into()),
             metrics_port: v!("METRICS_PORT")
                 .filter(|s| !s.trim().is_empty())
                 .map(|s| p.num("METRICS_PORT", Some(s), 0u16)),
@@ -541,6 +566,14 @@ fn validate(c: &Config) -> Vec<ConfigError> {
     }
     if !(1..=100).contains(&c.failure_rate_percent) {
         err("FAILURE_RATE_PERCENT", "must be between 1 and 100");
+    }
+    if let Some(e) = &c.otel_endpoint {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            err(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "expected an http:// URL of an OTLP/HTTP collector, e.g. http://otel-collector:4318",
+            );
+        }
     }
     if c.metrics_port == Some(0) {
         err("METRICS_PORT", "must be a port number (1-65535)");

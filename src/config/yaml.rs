@@ -187,6 +187,8 @@ const KNOWN: &[&str] = &[
     "tool_call_code_fence",
     "tool_call_harmony_stripped",
     "metrics_key",
+    "otel_exporter_otlp_endpoint",
+    "otel_service_name",
     "metrics_port",
     "retry_budget_percent",
     "retry_budget_min_per_sec",

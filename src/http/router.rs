@@ -129,23 +129,38 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let rid = request_id::from_client(req.headers().get("x-request-id"));
-    let outcome = Outcome::begin(
-        rid.clone(),
-        req.method().clone(),
-        req.uri().path(),
-        conn.peer.ip(),
-        state.sinks.clone(),
-    );
+    let empty = tracing::field::Empty;
     let span = tracing::info_span!(
         "request",
         request_id = %rid,
         method = %req.method(),
         path = %req.uri().path(),
         peer = %conn.peer,
-        model = tracing::field::Empty,
-        backend = tracing::field::Empty,
-        stream = tracing::field::Empty,
-        status = tracing::field::Empty,
+        model = empty,
+        backend = empty,
+        stream = empty,
+        status = empty,
+        "otel.name" = empty,
+        "otel.kind" = "server",
+        "otel.status_code" = empty,
+        "http.request.method" = %req.method(),
+        "http.response.status_code" = empty,
+        "gen_ai.operation.name" = empty,
+        "gen_ai.system" = empty,
+        "gen_ai.request.model" = empty,
+        "gen_ai.usage.input_tokens" = empty,
+        "gen_ai.usage.output_tokens" = empty,
+        "error.type" = empty,
+        "llmmux.backend" = empty,
+        "llmmux.attempts" = empty,
+    );
+    let outcome = Outcome::begin(
+        rid.clone(),
+        req.method().clone(),
+        req.uri().path(),
+        conn.peer.ip(),
+        state.sinks.clone(),
+        span.clone(),
     );
     let cfg = state.config.load();
     let allow = cors::allowed_origin(&cfg, req.headers());

@@ -30,7 +30,7 @@ use llmmux_actors::table::{BackendId, InFlightGuard, PickError};
 use rand::Rng;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 use crate::body::{full, Body};
 use crate::config::Config;
@@ -446,7 +446,8 @@ impl Call<'_> {
                 r.attempts = attempt;
                 r.backend = Some(backend.id.clone());
             });
-            match self.try_once(guard).await {
+            let span = tracing::info_span!("attempt", attempt, backend = %backend.id);
+            match self.try_once(guard).instrument(span).await {
                 Ok(started) => return Ok(started),
                 Err(e) => {
                     if e.server_side() {

@@ -85,7 +85,7 @@ pub async fn gateway_with_env(
         env.set(k, v.clone());
     }
     if std::env::var("TEST_LOG").is_ok() {
-        llmmux::telemetry::init("info", llmmux::config::LogFormat::Text);
+        let _ = llmmux::telemetry::init("info", llmmux::config::LogFormat::Text, None);
     }
     let reader = env.clone();
     let source = llmmux::config::ConfigSource {
