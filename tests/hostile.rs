@@ -22,12 +22,23 @@ fn base(addr: &str) -> String {
 }
 
 async fn chat_ok(c: &reqwest::Client, addr: &str) -> bool {
-    c.post(format!("{}/v1/chat/completions", base(addr)))
+    match c
+        .post(format!("{}/v1/chat/completions", base(addr)))
         .bearer_auth(KEY)
         .json(&chat("m", false))
         .send()
         .await
-        .is_ok_and(|r| r.status() == 200)
+    {
+        Ok(r) if r.status() == 200 => true,
+        Ok(r) => {
+            eprintln!("real request: {}", r.status());
+            false
+        }
+        Err(e) => {
+            eprintln!("real request: {e:?}");
+            false
+        }
+    }
 }
 
 /// Read until EOF, error or `within`; true when the peer closed the socket in time.
@@ -466,5 +477,69 @@ async fn cors_bodies_and_what_never_leaks() {
         .await
         .expect("json");
     assert_eq!(detail["servers"]["healthy_ids"][0], id_of(&s));
+    app.shutdown().await;
+}
+
+/// Read one HTTP/1.1 response with a Content-Length body from `s`.
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("response in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "connection closed: {}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= len {
+                return text;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keepalive_connections_outlive_the_header_timeout_but_slow_heads_do_not() {
+    let s = sim(&["m"]).await;
+    let app = gateway(&[
+        ("BACKENDS", backends("m", &[&s])),
+        ("HEADER_READ_TIMEOUT", "500".into()),
+        ("KEEPALIVE_TIMEOUT", "10000".into()),
+    ])
+    .await;
+    let mut sock = TcpStream::connect(app.addr).await.expect("connect");
+    let get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    sock.write_all(get).await.expect("write");
+    assert!(read_response(&mut sock).await.starts_with("HTTP/1.1 200"));
+    // Idle for three header timeouts: a keep-alive connection is not a slow head.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sock.write_all(get).await.expect("write");
+    assert!(read_response(&mut sock).await.starts_with("HTTP/1.1 200"));
+    // A head that starts and never finishes is cut at the header timeout.
+    sock.write_all(b"GET /healthz HTTP/1.1\r\nHo")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    assert!(closed_within(&mut sock, Duration::from_secs(5)).await);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     app.shutdown().await;
 }

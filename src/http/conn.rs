@@ -20,8 +20,13 @@ pub struct ConnActivity {
     active: AtomicU32,
     /// Milliseconds since `born` when the connection last became idle.
     idle_since_ms: AtomicU64,
+    /// Milliseconds since `born` of the first byte read while idle (the start of the next
+    /// request head), plus one; 0 while none came.
+    head_started_ms: AtomicU64,
     requests: AtomicU64,
     send_timed_out: AtomicBool,
+    /// Wakes the connection's watchdog when a new head starts (its deadline moves closer).
+    pub head_started: tokio::sync::Notify,
 }
 
 impl ConnActivity {
@@ -30,8 +35,10 @@ impl ConnActivity {
             born: Instant::now(),
             active: AtomicU32::new(0),
             idle_since_ms: AtomicU64::new(0),
+            head_started_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             send_timed_out: AtomicBool::new(false),
+            head_started: tokio::sync::Notify::new(),
         })
     }
 
@@ -42,19 +49,37 @@ impl ConnActivity {
         RequestGuard(self.clone())
     }
 
-    /// When the connection, idle now, will have been idle for `first` (before any request)
-    /// or `between` (after one); `None` while a request is in progress.
-    pub fn idle_deadline(&self, first: Duration, between: Duration) -> Option<Instant> {
+    /// When this connection, with no request in progress, must be closed: `head` after
+    /// accepting it or after the first byte of a later request head (a slow or partial head),
+    /// `keepalive` after its last response when nothing arrived since. `None` while a
+    /// request is in progress (its own timeouts apply).
+    pub fn idle_deadline(&self, head: Duration, keepalive: Duration) -> Option<Instant> {
         if self.active.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let since = self.born + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-        let limit = if self.requests.load(Ordering::Relaxed) == 0 {
-            first
-        } else {
-            between
-        };
-        Some(since + limit)
+        let at = |ms: u64| self.born + Duration::from_millis(ms);
+        if self.requests.load(Ordering::Relaxed) == 0 {
+            return Some(self.born + head);
+        }
+        match self.head_started_ms.load(Ordering::Acquire) {
+            0 => Some(at(self.idle_since_ms.load(Ordering::Acquire)) + keepalive),
+            started => Some(at(started - 1) + head),
+        }
+    }
+
+    fn bytes_read(&self) {
+        if self.active.load(Ordering::Acquire) == 0
+            && self.head_started_ms.load(Ordering::Relaxed) == 0
+        {
+            let now = self.born.elapsed().as_millis() as u64 + 1;
+            if self
+                .head_started_ms
+                .compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.head_started.notify_one();
+            }
+        }
     }
 
     /// A write to this client was blocked for `CLIENT_SEND_TIMEOUT`.
@@ -78,6 +103,7 @@ impl Drop for RequestGuard {
         let a = &self.0;
         a.idle_since_ms
             .store(a.born.elapsed().as_millis() as u64, Ordering::Release);
+        a.head_started_ms.store(0, Ordering::Release);
         a.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -143,7 +169,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for SendTimeout<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.bytes_read();
+        }
+        r
     }
 }
 
@@ -224,5 +256,13 @@ mod tests {
         drop(g);
         let d1 = a.idle_deadline(first, between).expect("idle");
         assert_eq!(d1 - a.born, Duration::from_secs(3) + between);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        a.bytes_read();
+        let d2 = a.idle_deadline(first, between).expect("idle");
+        assert_eq!(
+            d2 - a.born,
+            Duration::from_secs(5) + first,
+            "a started head must finish soon"
+        );
     }
 }

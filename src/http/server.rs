@@ -57,7 +57,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: Cancellati
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
+        // The connection watchdog times heads out instead: hyper's timer also runs on idle
+        // keep-alive connections and answers an unsolicited 408 on them, which a client
+        // reusing the connection at that moment reads as the answer to its request.
+        .header_read_timeout(None)
         .max_buf_size(cfg.max_header_bytes)
         .keep_alive(true);
     builder
@@ -153,6 +156,7 @@ async fn connection(
                 }
                 return;
             }
+            _ = activity.head_started.notified(), if closing.is_none() => {}
             _ = stop.cancelled(), if closing.is_none() => {
                 conn.as_mut().graceful_shutdown();
                 closing = Some(Instant::now() + state.config.load().shutdown_grace);
