@@ -238,3 +238,18 @@ pub async fn reload(state: &AppState) -> Result<Response<Body>, GatewayError> {
         )),
     }
 }
+
+/// `POST /admin/faults/crash/{actor}` (builds with the `fault-injection` feature only): crash
+/// one live actor of the kind (`registry`, `discovery`, `health`, `stream`).
+#[cfg(feature = "fault-injection")]
+pub async fn crash(state: &AppState, actor: &str) -> Result<Response<Body>, GatewayError> {
+    let kind: crate::faults::ActorKind = actor.parse().map_err(|_| GatewayError::NotFound {
+        what: "actor kind",
+        id: actor.to_owned(),
+    })?;
+    let crashed = state.faults.crash(kind).await;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"actor": actor, "crashed": crashed}),
+    ))
+}

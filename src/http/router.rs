@@ -34,6 +34,9 @@ enum Route {
     BackendDrain,
     BackendUndrain,
     Reload,
+    /// Fault injection (chaos suite only): crash one actor of a kind.
+    #[cfg(feature = "fault-injection")]
+    Crash,
 }
 
 struct Def {
@@ -72,6 +75,11 @@ fn defs() -> Vec<(&'static str, Def)> {
             d(Route::Backends, &[Method::GET, Method::POST], Access::Admin),
         ),
         ("/admin/reload", d(Route::Reload, POST, Access::Admin)),
+        #[cfg(feature = "fault-injection")]
+        (
+            "/admin/faults/crash/{actor}",
+            d(Route::Crash, POST, Access::Admin),
+        ),
         (
             "/admin/backends/{id}",
             d(
@@ -241,6 +249,8 @@ async fn dispatch(
         (Route::BackendDrain, _) => Ok(admin::set_drain(state, id, true).await),
         (Route::BackendUndrain, _) => Ok(admin::set_drain(state, id, false).await),
         (Route::Reload, _) => admin::reload(state).await,
+        #[cfg(feature = "fault-injection")]
+        (Route::Crash, _) => admin::crash(state, found.params.get("actor").unwrap_or("")).await,
     }
 }
 
