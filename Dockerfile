@@ -78,7 +78,9 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 llmmux \
     && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home \
-        --shell /usr/sbin/nologin llmmux
+        --shell /usr/sbin/nologin llmmux \
+    && mkdir -p /var/lib/llmmux/spool \
+    && chown -R 10001:10001 /var/lib/llmmux
 
 COPY --from=builder /build/target/release/llmmux /usr/local/bin/llmmux
 COPY --from=builder /build/migrations /app/migrations
