@@ -206,7 +206,9 @@ impl Identity {
         if b.password.is_some() {
             actions.push(Action::ResetPassword);
         }
-        if email.is_some() || models.is_some() || rpm.is_some() || tpm.is_some() {
+        // A patch that changes nothing is still a request to edit the account.
+        if email.is_some() || models.is_some() || rpm.is_some() || tpm.is_some() || actions.is_empty()
+        {
             actions.push(Action::Edit);
         }
         for a in &actions {
