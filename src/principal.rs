@@ -189,7 +189,10 @@ mod tests {
         assert!(glob_match("a?c", "abc"));
         assert!(!glob_match("qwen*", "Qwen3"));
         assert!(!glob_match("qwen", "qwen3"));
-        assert!(glob_match("meta-llama/*-Instruct", "meta-llama/Llama-3.1-8B-Instruct"));
+        assert!(glob_match(
+            "meta-llama/*-Instruct",
+            "meta-llama/Llama-3.1-8B-Instruct"
+        ));
     }
 
     #[test]

@@ -36,7 +36,9 @@ fn b(v: Value) -> Bytes {
     Bytes::from(v.to_string())
 }
 
-fn load(vars: &[(&str, &str)]) -> Result<llmmux::config::ValidatedConfig, Vec<llmmux::config::ConfigError>> {
+fn load(
+    vars: &[(&str, &str)],
+) -> Result<llmmux::config::ValidatedConfig, Vec<llmmux::config::ConfigError>> {
     let map: HashMap<String, String> = vars
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -120,12 +122,19 @@ impl Env {
             .expect("login");
         (
             r.body["access_token"].as_str().expect("access").to_owned(),
-            r.body["refresh_token"].as_str().expect("refresh").to_owned(),
+            r.body["refresh_token"]
+                .as_str()
+                .expect("refresh")
+                .to_owned(),
         )
     }
 
     async fn session(&self, name: &str) -> (Principal, String) {
-        let (access, _) = self.login(name, PW).await;
+        self.session_with(name, PW).await
+    }
+
+    async fn session_with(&self, name: &str, pw: &str) -> (Principal, String) {
+        let (access, _) = self.login(name, pw).await;
         (
             self.id.authenticate(&access).await.expect("session"),
             access,
@@ -167,9 +176,12 @@ async fn concurrent_migrations_apply_once_and_changed_files_are_refused() {
         .get(0);
     assert_eq!(n as usize, storage::MIGRATIONS.len());
     assert!(storage::migrate(&db.url()).await.expect("again").is_empty());
-    c.execute("UPDATE schema_migrations SET checksum = 'x' WHERE version = 1", &[])
-        .await
-        .expect("tamper");
+    c.execute(
+        "UPDATE schema_migrations SET checksum = 'x' WHERE version = 1",
+        &[],
+    )
+    .await
+    .expect("tamper");
     assert!(matches!(
         storage::migrate(&db.url()).await,
         Err(storage::StorageError::ChecksumMismatch { .. })
@@ -192,8 +204,12 @@ fn identity_settings_are_validated() {
     assert!(errs(&[("DATABASE_URL", url)]).contains(&"JWT_SECRET".to_owned()));
     assert!(errs(&[("DATABASE_URL", url), ("JWT_SECRET", "too-short")])
         .contains(&"JWT_SECRET".to_owned()));
-    assert!(errs(&[("DATABASE_URL", url), ("JWT_SECRET", SECRET), ("JWT_ACCESS_TTL", "3600000")])
-        .contains(&"JWT_ACCESS_TTL".to_owned()));
+    assert!(errs(&[
+        ("DATABASE_URL", url),
+        ("JWT_SECRET", SECRET),
+        ("JWT_ACCESS_TTL", "3600000")
+    ])
+    .contains(&"JWT_ACCESS_TTL".to_owned()));
     assert!(errs(&[("ADMIN_PASSWORD", "long-enough-pw")]).contains(&"ADMIN_PASSWORD".to_owned()));
     assert!(errs(&[("REDIS_URL", "http://x")]).contains(&"REDIS_URL".to_owned()));
     let ok = load(&[("DATABASE_URL", url), ("JWT_SECRET", SECRET)]).expect("valid");
@@ -211,10 +227,7 @@ fn identity_settings_are_validated() {
 #[tokio::test]
 async fn first_admin_is_created_once_and_create_admin_resets() {
     let e = env().await;
-    let (p, _) = {
-        let (access, _) = e.login("superadmin", ADMIN_PW).await;
-        (e.id.authenticate(&access).await.expect("admin"), ())
-    };
+    let (p, _) = e.session_with("superadmin", ADMIN_PW).await;
     assert_eq!(p.role, Role::SuperAdmin);
     assert!(p.is_admin());
     // A second replica starting on the same database creates nobody.
@@ -241,9 +254,11 @@ async fn first_admin_is_created_once_and_create_admin_resets() {
         .await
         .expect("create");
     assert_eq!(out, bootstrap::AdminOutcome::Created);
-    assert!(bootstrap::create_admin(&db, "bad name", "another-pass-1", &no_activity())
-        .await
-        .is_err());
+    assert!(
+        bootstrap::create_admin(&db, "bad name", "another-pass-1", &no_activity())
+            .await
+            .is_err()
+    );
 }
 
 // === RBAC (S5) ===
@@ -300,9 +315,8 @@ async fn role_action_target_matrix() {
                 n += 1;
                 let tname = format!("t{n}");
                 let status = if let Act::Create = act {
-                    let r = e
-                        .id
-                        .register(
+                    let r =
+                        e.id.register(
                             actor,
                             ip(),
                             b(json!({"username": tname, "password": PW, "role": target.as_str()})),
@@ -312,7 +326,9 @@ async fn role_action_target_matrix() {
                 } else {
                     let tid = e.register(&tname, target).await.to_string();
                     let patch = match act {
-                        Act::ChangeRole => json!({"role": if target == Role::User { "ADMIN" } else { "USER" }}),
+                        Act::ChangeRole => {
+                            json!({"role": if target == Role::User { "ADMIN" } else { "USER" }})
+                        }
                         Act::Promote => json!({"role": "SUPER_ADMIN"}),
                         Act::Disable => json!({"enabled": false}),
                         Act::ResetPassword => json!({"password": "reset-password-1"}),
@@ -330,7 +346,9 @@ async fn role_action_target_matrix() {
             }
         }
         let list = e.id.list_users(actor, ip(), &[]).await;
-        let get = e.id.get_user(actor, ip(), &Uuid::new_v4().to_string()).await;
+        let get =
+            e.id.get_user(actor, ip(), &Uuid::new_v4().to_string())
+                .await;
         if *arole == Role::User {
             assert_eq!(list.map(|r| r.status).unwrap_or_else(|e| e.status()), 403);
             assert_eq!(get.map(|r| r.status).unwrap_or_else(|e| e.status()), 403);
@@ -347,39 +365,35 @@ async fn own_role_is_fixed_and_the_last_super_admin_stays() {
     let (root, _) = e.session_with("superadmin", ADMIN_PW).await;
     let root_id = root.user_id.expect("id").to_string();
     for role in ["ADMIN", "USER", "SUPER_ADMIN"] {
-        let r = e
-            .id
-            .update_user(&root, ip(), &root_id, b(json!({"role": role})))
-            .await;
+        let r =
+            e.id.update_user(&root, ip(), &root_id, b(json!({"role": role})))
+                .await;
         assert_eq!(r.err().map(|e| e.status()), Some(403), "self role {role}");
     }
     // The operator key may change anyone, but not remove the only SUPER_ADMIN.
     for patch in [json!({"role": "ADMIN"}), json!({"enabled": false})] {
         let r = e.id.update_user(&e.op, ip(), &root_id, b(patch)).await;
-        assert_eq!(r.err(), Some(IdentityError::Conflict("The last SUPER_ADMIN cannot be removed, disabled or demoted.")));
+        assert_eq!(
+            r.err(),
+            Some(IdentityError::Conflict(
+                "The last SUPER_ADMIN cannot be removed, disabled or demoted."
+            ))
+        );
     }
     assert_eq!(
-        e.id.delete_user(&root, ip(), &root_id).await.err().map(|e| e.status()),
+        e.id.delete_user(&root, ip(), &root_id)
+            .await
+            .err()
+            .map(|e| e.status()),
         Some(409)
     );
     // With a second one, the first may go.
     e.register("second-root", Role::SuperAdmin).await;
-    let r = e
-        .id
-        .update_user(&e.op, ip(), &root_id, b(json!({"role": "ADMIN"})))
-        .await
-        .expect("demote");
+    let r =
+        e.id.update_user(&e.op, ip(), &root_id, b(json!({"role": "ADMIN"})))
+            .await
+            .expect("demote");
     assert_eq!(r.body["role"], "ADMIN");
-}
-
-impl Env {
-    async fn session_with(&self, name: &str, pw: &str) -> (Principal, String) {
-        let (access, _) = self.login(name, pw).await;
-        (
-            self.id.authenticate(&access).await.expect("session"),
-            access,
-        )
-    }
 }
 
 // === IDOR (S6) ===
@@ -411,12 +425,27 @@ async fn users_cannot_reach_each_others_records() {
         Err(e) => e.status(),
     };
     assert_eq!(status(e.id.get_key(&bob, ip(), &kid).await), 404);
-    assert_eq!(status(e.id.update_key(&bob, ip(), &kid, b(json!({"enabled": false}))).await), 404);
+    assert_eq!(
+        status(
+            e.id.update_key(&bob, ip(), &kid, b(json!({"enabled": false})))
+                .await
+        ),
+        404
+    );
     assert_eq!(status(e.id.delete_key(&bob, ip(), &kid).await), 404);
     let q = vec![("user_id".to_owned(), a_id.to_string())];
     assert_eq!(status(e.id.list_keys(&bob, ip(), &q).await), 404);
-    assert_eq!(status(e.id.create_key(&bob, ip(), &q, b(json!({"name": "x"}))).await), 404);
-    assert_eq!(status(e.id.get_user(&bob, ip(), &a_id.to_string()).await), 403);
+    assert_eq!(
+        status(
+            e.id.create_key(&bob, ip(), &q, b(json!({"name": "x"})))
+                .await
+        ),
+        404
+    );
+    assert_eq!(
+        status(e.id.get_user(&bob, ip(), &a_id.to_string()).await),
+        403
+    );
     for probe in ["1", "2", "00000000-0000-0000-0000-000000000001", "../keys"] {
         assert_eq!(status(e.id.get_key(&bob, ip(), probe).await), 404);
     }
@@ -438,10 +467,14 @@ async fn users_cannot_reach_each_others_records() {
 async fn keys_never_exceed_their_owner() {
     let e = env().await;
     let uid = e.register("scoped", Role::User).await.to_string();
-    e.id
-        .update_user(&e.op, ip(), &uid, b(json!({"models": ["qwen*"], "rpm_limit": 10, "tpm_limit": 1000})))
-        .await
-        .expect("restrict");
+    e.id.update_user(
+        &e.op,
+        ip(),
+        &uid,
+        b(json!({"models": ["qwen*"], "rpm_limit": 10, "tpm_limit": 1000})),
+    )
+    .await
+    .expect("restrict");
     let (user, _) = e.session("scoped").await;
     assert_eq!(user.models, Some(vec!["qwen*".to_owned()]));
     let deny = |r: Result<llmmux::identity::Reply, IdentityError>| r.err().map(|e| e.status());
@@ -451,32 +484,67 @@ async fn keys_never_exceed_their_owner() {
         json!({"name": "k", "rpm_limit": 11}),
         json!({"name": "k", "tpm_limit": 1001}),
     ] {
-        assert_eq!(deny(e.id.create_key(&user, ip(), &[], b(body.clone())).await), Some(403), "{body}");
+        assert_eq!(
+            deny(e.id.create_key(&user, ip(), &[], b(body.clone())).await),
+            Some(403),
+            "{body}"
+        );
     }
-    for body in [json!({"name": "k", "role": "ADMIN"}), json!({"name": "k", "admin": true})] {
-        assert_eq!(deny(e.id.create_key(&user, ip(), &[], b(body)).await), Some(400));
+    for body in [
+        json!({"name": "k", "role": "ADMIN"}),
+        json!({"name": "k", "admin": true}),
+    ] {
+        assert_eq!(
+            deny(e.id.create_key(&user, ip(), &[], b(body)).await),
+            Some(400)
+        );
     }
-    let (kid, secret) = e.key(&user, json!({"name": "k", "models": ["qwen3-8b"], "rpm_limit": 5})).await;
+    let (kid, secret) = e
+        .key(
+            &user,
+            json!({"name": "k", "models": ["qwen3-8b"], "rpm_limit": 5}),
+        )
+        .await;
     let p = e.id.authenticate(&secret).await.expect("key");
     assert_eq!(p.kind, CredentialKind::ApiKey);
     assert!(!p.is_admin() && p.role == Role::User);
     assert!(p.may_use("qwen3-8b") && !p.may_use("qwen3-32b") && !p.may_use("llama"));
-    assert_eq!(p.limits, Limits { rpm: Some(5), tpm: Some(1000) });
+    assert_eq!(
+        p.limits,
+        Limits {
+            rpm: Some(5),
+            tpm: Some(1000)
+        }
+    );
     // A key cannot administer, nor mint keys.
-    assert_eq!(deny(e.id.register(&p, ip(), b(json!({"username": "x", "password": PW}))).await), Some(403));
+    assert_eq!(
+        deny(
+            e.id.register(&p, ip(), b(json!({"username": "x", "password": PW})))
+                .await
+        ),
+        Some(403)
+    );
     assert_eq!(deny(e.id.list_users(&p, ip(), &[]).await), Some(403));
-    assert_eq!(deny(e.id.create_key(&p, ip(), &[], b(json!({"name": "x"}))).await), Some(403));
+    assert_eq!(
+        deny(
+            e.id.create_key(&p, ip(), &[], b(json!({"name": "x"})))
+                .await
+        ),
+        Some(403)
+    );
     // Raising a key above its owner later is refused too.
     assert_eq!(
-        deny(e.id.update_key(&user, ip(), &kid.to_string(), b(json!({"rpm_limit": 50}))).await),
+        deny(
+            e.id.update_key(&user, ip(), &kid.to_string(), b(json!({"rpm_limit": 50})))
+                .await
+        ),
         Some(403)
     );
     // A key without its own list gets the owner's; narrowing the owner narrows the key.
     let (_, open) = e.key(&user, json!({"name": "open"})).await;
     let p = e.id.authenticate(&open).await.expect("open key");
     assert!(p.may_use("qwen3-32b") && !p.may_use("llama"));
-    e.id
-        .update_user(&e.op, ip(), &uid, b(json!({"models": ["qwen3-8b"]})))
+    e.id.update_user(&e.op, ip(), &uid, b(json!({"models": ["qwen3-8b"]})))
         .await
         .expect("narrow");
     let p = e.id.authenticate(&open).await.expect("open key");
@@ -486,7 +554,13 @@ async fn keys_never_exceed_their_owner() {
     e.register("adm", Role::Admin).await;
     let (adm, _) = e.session("adm").await;
     let q = vec![("user_id".to_owned(), sa.to_string())];
-    assert_eq!(deny(e.id.create_key(&adm, ip(), &q, b(json!({"name": "x"}))).await), Some(403));
+    assert_eq!(
+        deny(
+            e.id.create_key(&adm, ip(), &q, b(json!({"name": "x"})))
+                .await
+        ),
+        Some(403)
+    );
 }
 
 // === key storage (S8) ===
@@ -521,7 +595,10 @@ async fn stored_keys_reveal_nothing_and_near_misses_fail() {
             .expect("prefix");
         for w in random.as_bytes().windows(8) {
             let w = std::str::from_utf8(w).expect("ascii");
-            assert!(!dump.contains(w), "an 8-character piece of a secret is stored");
+            assert!(
+                !dump.contains(w),
+                "an 8-character piece of a secret is stored"
+            );
         }
     }
     let k = &secrets[0];
@@ -531,8 +608,14 @@ async fn stored_keys_reveal_nothing_and_near_misses_fail() {
     wrong.push(if last == 'A' { 'B' } else { 'A' });
     assert_eq!(e.id.authenticate(&wrong).await, Err(AuthError::Invalid));
     let same_start = format!("{}{}", &k[..20], "x".repeat(k.len() - 20));
-    assert_eq!(e.id.authenticate(&same_start).await, Err(AuthError::Invalid));
-    assert_eq!(e.id.authenticate("sk-llmmux-").await, Err(AuthError::Invalid));
+    assert_eq!(
+        e.id.authenticate(&same_start).await,
+        Err(AuthError::Invalid)
+    );
+    assert_eq!(
+        e.id.authenticate("sk-llmmux-").await,
+        Err(AuthError::Invalid)
+    );
 }
 
 // === JWT forgery and clock skew (S2, S3, R37) ===
@@ -568,7 +651,10 @@ async fn forged_and_skewed_tokens() {
     };
     let t = now();
     let ok = sign(SECRET, &hs, &claims(t, t + 600));
-    assert_eq!(e.id.authenticate(&ok).await.expect("valid").user_id, Some(uid));
+    assert_eq!(
+        e.id.authenticate(&ok).await.expect("valid").user_id,
+        Some(uid)
+    );
 
     let none = format!(
         "{}.{}.",
@@ -583,36 +669,80 @@ async fn forged_and_skewed_tokens() {
     let (_, sig) = rest.split_once('.').expect("jwt");
     let mut tampered_claims = claims(t, t + 600);
     tampered_claims["sub"] = json!(other);
-    let tampered = format!("{h}.{}.{sig}", URL_SAFE_NO_PAD.encode(tampered_claims.to_string()));
+    let tampered = format!(
+        "{h}.{}.{sig}",
+        URL_SAFE_NO_PAD.encode(tampered_claims.to_string())
+    );
     let forged = [
         ("alg none", none),
-        ("wrong secret", sign("another-secret-0123456789abcdef-0123", &hs, &claims(t, t + 600))),
+        (
+            "wrong secret",
+            sign(
+                "another-secret-0123456789abcdef-0123",
+                &hs,
+                &claims(t, t + 600),
+            ),
+        ),
         ("tampered payload", tampered),
-        ("HS512 header", sign(SECRET, &json!({"alg": "HS512"}), &claims(t, t + 600))),
-        ("RS256 header", sign(SECRET, &json!({"alg": "RS256"}), &claims(t, t + 600))),
+        (
+            "HS512 header",
+            sign(SECRET, &json!({"alg": "HS512"}), &claims(t, t + 600)),
+        ),
+        (
+            "RS256 header",
+            sign(SECRET, &json!({"alg": "RS256"}), &claims(t, t + 600)),
+        ),
         ("missing exp", sign(SECRET, &hs, &no_exp)),
         ("missing aud", sign(SECRET, &hs, &no_aud)),
-        ("lifetime beyond the TTL", sign(SECRET, &hs, &claims(t, t + 86_400))),
+        (
+            "lifetime beyond the TTL",
+            sign(SECRET, &hs, &claims(t, t + 86_400)),
+        ),
         ("garbage", "a.b.c".to_owned()),
     ];
     for (what, token) in forged {
-        assert_eq!(e.id.authenticate(&token).await, Err(AuthError::Invalid), "{what}");
+        assert_eq!(
+            e.id.authenticate(&token).await,
+            Err(AuthError::Invalid),
+            "{what}"
+        );
     }
     // ±30 s of skew is tolerated, ±120 s is not.
     let skewed = |iat: i64, exp: i64| sign(SECRET, &hs, &claims(iat, exp));
-    assert!(e.id.authenticate(&skewed(t + 30, t + 600)).await.is_ok(), "iat +30");
-    assert!(e.id.authenticate(&skewed(t - 600, t - 30)).await.is_ok(), "exp -30");
+    assert!(
+        e.id.authenticate(&skewed(t + 30, t + 600)).await.is_ok(),
+        "iat +30"
+    );
+    assert!(
+        e.id.authenticate(&skewed(t - 600, t - 30)).await.is_ok(),
+        "exp -30"
+    );
     let mut nbf = claims(t, t + 600);
     nbf["nbf"] = json!(t + 30);
-    assert!(e.id.authenticate(&sign(SECRET, &hs, &nbf)).await.is_ok(), "nbf +30");
+    assert!(
+        e.id.authenticate(&sign(SECRET, &hs, &nbf)).await.is_ok(),
+        "nbf +30"
+    );
     nbf["nbf"] = json!(t + 120);
-    assert_eq!(e.id.authenticate(&sign(SECRET, &hs, &nbf)).await, Err(AuthError::NotYetValid));
-    assert_eq!(e.id.authenticate(&skewed(t + 120, t + 600)).await, Err(AuthError::NotYetValid));
-    assert_eq!(e.id.authenticate(&skewed(t - 720, t - 120)).await, Err(AuthError::Expired));
+    assert_eq!(
+        e.id.authenticate(&sign(SECRET, &hs, &nbf)).await,
+        Err(AuthError::NotYetValid)
+    );
+    assert_eq!(
+        e.id.authenticate(&skewed(t + 120, t + 600)).await,
+        Err(AuthError::NotYetValid)
+    );
+    assert_eq!(
+        e.id.authenticate(&skewed(t - 720, t - 120)).await,
+        Err(AuthError::Expired)
+    );
     // A valid signature for a stale token version is revoked, not accepted.
     let mut old = claims(t, t + 600);
     old["ver"] = json!(-1);
-    assert_eq!(e.id.authenticate(&sign(SECRET, &hs, &old)).await, Err(AuthError::Revoked));
+    assert_eq!(
+        e.id.authenticate(&sign(SECRET, &hs, &old)).await,
+        Err(AuthError::Revoked)
+    );
 }
 
 // === revocation (S4) ===
@@ -632,39 +762,61 @@ async fn changes_revoke_tokens_and_keys_at_once() {
 
     // Password change: every older token dies; the answer carries a working pair.
     let (p2, t2) = e.session("rev").await;
-    let r = e
-        .id
-        .change_password(&p2, ip(), b(json!({"current_password": PW, "new_password": "changed-pass-1"})))
+    let r =
+        e.id.change_password(
+            &p2,
+            ip(),
+            b(json!({"current_password": PW, "new_password": "changed-pass-1"})),
+        )
         .await
         .expect("change");
     assert_eq!(e.id.authenticate(&t2).await, Err(AuthError::Revoked));
     assert_eq!(e.id.authenticate(&second).await, Err(AuthError::Revoked));
     let fresh = r.body["access_token"].as_str().expect("token").to_owned();
-    let p3 = e.id.authenticate(&fresh).await.expect("fresh token");
-    assert!(e.id.authenticate(&key).await.is_ok(), "keys survive a password change");
+    assert!(
+        e.id.authenticate(&fresh).await.is_ok(),
+        "the new pair works"
+    );
+    assert!(
+        e.id.authenticate(&key).await.is_ok(),
+        "keys survive a password change"
+    );
 
     // Role change by an administrator.
-    e.id.update_user(&e.op, ip(), &uid, b(json!({"role": "ADMIN"}))).await.expect("promote");
+    e.id.update_user(&e.op, ip(), &uid, b(json!({"role": "ADMIN"})))
+        .await
+        .expect("promote");
     assert_eq!(e.id.authenticate(&fresh).await, Err(AuthError::Revoked));
     let (_, t4) = e.session_with("rev", "changed-pass-1").await;
     // Logout everywhere.
     let p4 = e.id.authenticate(&t4).await.expect("t4");
-    e.id.logout(&p4, ip(), b(json!({"all": true}))).await.expect("logout all");
+    e.id.logout(&p4, ip(), b(json!({"all": true})))
+        .await
+        .expect("logout all");
     assert_eq!(e.id.authenticate(&t4).await, Err(AuthError::Revoked));
-    drop(p3);
     // Disable: sessions and keys stop.
     let (_, t5) = e.session_with("rev", "changed-pass-1").await;
-    e.id.update_user(&e.op, ip(), &uid, b(json!({"enabled": false}))).await.expect("disable");
+    e.id.update_user(&e.op, ip(), &uid, b(json!({"enabled": false})))
+        .await
+        .expect("disable");
     assert_eq!(e.id.authenticate(&t5).await, Err(AuthError::Revoked));
     assert_eq!(e.id.authenticate(&key).await, Err(AuthError::Invalid));
-    e.id.update_user(&e.op, ip(), &uid, b(json!({"enabled": true}))).await.expect("enable");
+    e.id.update_user(&e.op, ip(), &uid, b(json!({"enabled": true})))
+        .await
+        .expect("enable");
     assert!(e.id.authenticate(&key).await.is_ok());
     // Key disable and delete.
-    e.id.update_key(&e.op, ip(), &kid.to_string(), b(json!({"enabled": false}))).await.expect("off");
+    e.id.update_key(&e.op, ip(), &kid.to_string(), b(json!({"enabled": false})))
+        .await
+        .expect("off");
     assert_eq!(e.id.authenticate(&key).await, Err(AuthError::Invalid));
-    e.id.update_key(&e.op, ip(), &kid.to_string(), b(json!({"enabled": true}))).await.expect("on");
+    e.id.update_key(&e.op, ip(), &kid.to_string(), b(json!({"enabled": true})))
+        .await
+        .expect("on");
     assert!(e.id.authenticate(&key).await.is_ok());
-    e.id.delete_key(&e.op, ip(), &kid.to_string()).await.expect("delete");
+    e.id.delete_key(&e.op, ip(), &kid.to_string())
+        .await
+        .expect("delete");
     assert_eq!(e.id.authenticate(&key).await, Err(AuthError::Invalid));
 }
 
@@ -696,15 +848,21 @@ async fn revocation_reaches_another_replica_within_a_second() {
             t.elapsed()
         }
     };
-    e.id.delete_key(&p, ip(), &kid.to_string()).await.expect("delete");
+    e.id.delete_key(&p, ip(), &kid.to_string())
+        .await
+        .expect("delete");
     within("key delete", &other, key, AuthError::Invalid).await;
-    e.id.update_key(&p, ip(), &kid2.to_string(), b(json!({"enabled": false}))).await.expect("off");
+    e.id.update_key(&p, ip(), &kid2.to_string(), b(json!({"enabled": false})))
+        .await
+        .expect("off");
     within("key disable", &other, key2, AuthError::Invalid).await;
     e.id.logout(&p, ip(), Bytes::new()).await.expect("logout");
     within("logout", &other, token, AuthError::Revoked).await;
     let (_, t2) = e.session("twin").await;
     assert!(other.authenticate(&t2).await.is_ok());
-    e.id.update_user(&e.op, ip(), &uid, b(json!({"enabled": false}))).await.expect("disable");
+    e.id.update_user(&e.op, ip(), &uid, b(json!({"enabled": false})))
+        .await
+        .expect("disable");
     within("disable", &other, t2, AuthError::Revoked).await;
 }
 
@@ -720,22 +878,40 @@ async fn cached_credentials_survive_a_database_outage() {
     id.register(&op, ip(), b(json!({"username": "u", "password": PW})))
         .await
         .expect("register");
-    let r = id.login(ip(), b(json!({"username": "u", "password": PW}))).await.expect("login");
+    let r = id
+        .login(ip(), b(json!({"username": "u", "password": PW})))
+        .await
+        .expect("login");
     let token = r.body["access_token"].as_str().expect("token").to_owned();
     let p = id.authenticate(&token).await.expect("session");
-    let r = id.create_key(&p, ip(), &[], b(json!({"name": "k"}))).await.expect("key");
+    let r = id
+        .create_key(&p, ip(), &[], b(json!({"name": "k"})))
+        .await
+        .expect("key");
     let key = r.body["key"].as_str().expect("secret").to_owned();
     assert!(id.authenticate(&key).await.is_ok());
 
     pg.stop();
-    assert!(id.authenticate(&key).await.is_ok(), "cached key keeps working");
-    assert!(id.authenticate(&token).await.is_ok(), "cached session keeps working");
+    assert!(
+        id.authenticate(&key).await.is_ok(),
+        "cached key keeps working"
+    );
+    assert!(
+        id.authenticate(&token).await.is_ok(),
+        "cached session keeps working"
+    );
     let (unknown, _) = llmmux::identity::secrets::new_api_key().expect("random");
     let t = Instant::now();
     assert_eq!(id.authenticate(&unknown).await, Err(AuthError::Unavailable));
-    assert!(t.elapsed() < Duration::from_secs(2), "503 took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "503 took {:?}",
+        t.elapsed()
+    );
     let t = Instant::now();
-    let r = id.login(ip(), b(json!({"username": "u", "password": PW}))).await;
+    let r = id
+        .login(ip(), b(json!({"username": "u", "password": PW})))
+        .await;
     assert_eq!(r.err(), Some(IdentityError::Unavailable));
     assert!(t.elapsed() < Duration::from_secs(3));
 
@@ -748,7 +924,10 @@ async fn cached_credentials_survive_a_database_outage() {
     .await;
     assert!(back, "lookups recover after the database is back");
     assert!(id.wait_listening(Duration::from_secs(10)).await);
-    assert!(id.login(ip(), b(json!({"username": "u", "password": PW}))).await.is_ok());
+    assert!(id
+        .login(ip(), b(json!({"username": "u", "password": PW})))
+        .await
+        .is_ok());
     drop(db);
 }
 
@@ -771,19 +950,41 @@ async fn sql_metacharacters_are_plain_data() {
     for s in nasty {
         let t = Instant::now();
         // Stored verbatim where free text is allowed...
-        let r = e.id.create_key(&p, ip(), &[], b(json!({"name": s}))).await.expect("key");
+        let r =
+            e.id.create_key(&p, ip(), &[], b(json!({"name": s})))
+                .await
+                .expect("key");
         assert_eq!(r.body["name"], s);
-        let (_, k) = (0, r.body["id"].as_str().expect("id").to_owned());
+        let k = r.body["id"].as_str().expect("id").to_owned();
         let back = e.id.get_key(&p, ip(), &k).await.expect("get");
         assert_eq!(back.body["name"], s);
         // ...refused where it is not, and never an internal error.
         for (what, res) in [
-            ("login", e.id.login(ip(), b(json!({"username": s, "password": s}))).await),
-            ("register", e.id.register(&e.op, ip(), b(json!({"username": s, "password": PW}))).await),
-            ("email", e.id.update_profile(&p, ip(), b(json!({"email": s}))).await),
-            ("model", e.id.create_key(&p, ip(), &[], b(json!({"name": "m", "models": [s]}))).await),
+            (
+                "login",
+                e.id.login(ip(), b(json!({"username": s, "password": s})))
+                    .await,
+            ),
+            (
+                "register",
+                e.id.register(&e.op, ip(), b(json!({"username": s, "password": PW})))
+                    .await,
+            ),
+            (
+                "email",
+                e.id.update_profile(&p, ip(), b(json!({"email": s}))).await,
+            ),
+            (
+                "model",
+                e.id.create_key(&p, ip(), &[], b(json!({"name": "m", "models": [s]})))
+                    .await,
+            ),
             ("get user", e.id.get_user(&e.op, ip(), s).await),
-            ("role filter", e.id.list_users(&e.op, ip(), &[("role".into(), s.into())]).await),
+            (
+                "role filter",
+                e.id.list_users(&e.op, ip(), &[("role".into(), s.into())])
+                    .await,
+            ),
         ] {
             let status = res.map(|r| r.status).unwrap_or_else(|e| e.status());
             assert!(
@@ -791,15 +992,24 @@ async fn sql_metacharacters_are_plain_data() {
                 "{what} {s:?} -> {status}"
             );
         }
-        let r = e
-            .id
-            .list_users(&e.op, ip(), &[("q".into(), s.chars().take(60).collect())])
-            .await
-            .expect("search");
+        let r =
+            e.id.list_users(&e.op, ip(), &[("q".into(), s.chars().take(60).collect())])
+                .await
+                .expect("search");
         assert_eq!(r.body["data"].as_array().map(Vec::len), Some(0), "{s}");
-        assert_eq!(e.id.authenticate(&format!("sk-llmmux-{s}")).await, Err(AuthError::Invalid));
-        assert_eq!(e.id.authenticate(&format!("a.{s}.b")).await, Err(AuthError::Invalid));
-        assert!(t.elapsed() < Duration::from_secs(2), "{s:?} took {:?}", t.elapsed());
+        assert_eq!(
+            e.id.authenticate(&format!("sk-llmmux-{s}")).await,
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            e.id.authenticate(&format!("a.{s}.b")).await,
+            Err(AuthError::Invalid)
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{s:?} took {:?}",
+            t.elapsed()
+        );
     }
     // CRLF, huge strings, wrong types and unknown fields are 400 with a message.
     for body in [
@@ -816,9 +1026,16 @@ async fn sql_metacharacters_are_plain_data() {
         }
     }
     let huge = Bytes::from(vec![b' '; 100_000]);
-    assert!(matches!(e.id.login(ip(), huge).await, Err(IdentityError::BadRequest(_))));
+    assert!(matches!(
+        e.id.login(ip(), huge).await,
+        Err(IdentityError::BadRequest(_))
+    ));
     let c = e.db.client().await;
-    let n: i64 = c.query_one("SELECT count(*) FROM users", &[]).await.expect("users").get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .expect("users")
+        .get(0);
     assert_eq!(n, 2, "the tables are intact");
 }
 
@@ -844,7 +1061,9 @@ async fn per_key_limits_locally() {
     let e = env().await;
     e.register("lim", Role::User).await;
     let (p, _) = e.session("lim").await;
-    let (_, key) = e.key(&p, json!({"name": "k", "rpm_limit": 5, "tpm_limit": 100})).await;
+    let (_, key) = e
+        .key(&p, json!({"name": "k", "rpm_limit": 5, "tpm_limit": 100}))
+        .await;
     let kp = e.id.authenticate(&key).await.expect("key");
     for i in 0..5 {
         let a = e.id.admit(&kp).expect("within the limit");
@@ -856,7 +1075,10 @@ async fn per_key_limits_locally() {
     }
     let over = e.id.admit(&kp).expect_err("sixth request");
     assert!(over.retry_after > Duration::ZERO && over.retry_after_secs() >= 1);
-    assert_eq!(header(&over.headers, "x-ratelimit-remaining-requests"), Some("0"));
+    assert_eq!(
+        header(&over.headers, "x-ratelimit-remaining-requests"),
+        Some("0")
+    );
     assert!(header(&over.headers, "x-ratelimit-reset-requests").is_some());
     let g = llmmux::error::GatewayError::RateLimited {
         retry_after_secs: over.retry_after_secs(),
@@ -864,7 +1086,10 @@ async fn per_key_limits_locally() {
     }
     .into_response();
     assert_eq!(g.status(), 429);
-    assert!(g.headers().contains_key("retry-after") && g.headers().contains_key("x-ratelimit-limit-requests"));
+    assert!(
+        g.headers().contains_key("retry-after")
+            && g.headers().contains_key("x-ratelimit-limit-requests")
+    );
 
     // Tokens: charged after the answer; the next request waits.
     let local = RateLimiter::local();
@@ -872,10 +1097,17 @@ async fn per_key_limits_locally() {
     assert!(local.admit(&t).is_ok());
     local.record_tokens(&t, 60, 50);
     let over = local.admit(&t).expect_err("over the token limit");
-    assert_eq!(header(&over.headers, "x-ratelimit-remaining-tokens"), Some("0"));
+    assert_eq!(
+        header(&over.headers, "x-ratelimit-remaining-tokens"),
+        Some("0")
+    );
     // Others are unaffected; unlimited principals get no headers.
     assert!(local.admit(&limited(Some(1), Some(100))).is_ok());
-    assert!(local.admit(&Principal::static_key(0)).expect("no limits").headers.is_empty());
+    assert!(local
+        .admit(&Principal::static_key(0))
+        .expect("no limits")
+        .headers
+        .is_empty());
 }
 
 #[tokio::test]
@@ -892,15 +1124,26 @@ async fn limits_are_shared_through_redis() {
     assert!(a.admit(&p).is_err());
     // Wait until A's counts are in Redis.
     let client = redis::Client::open(url).expect("redis");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("redis up");
+    let conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis up");
     let pattern = format!("{prefix}rl:{}:*:r", p.key_id);
     let synced = eventually(Duration::from_secs(3), || {
         let (mut conn, pattern) = (conn.clone(), pattern.clone());
         async move {
-            let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await.unwrap_or_default();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
             let mut total = 0u64;
             for k in keys {
-                let v: Option<u64> = redis::cmd("GET").arg(&k).query_async(&mut conn).await.unwrap_or(None);
+                let v: Option<u64> = redis::cmd("GET")
+                    .arg(&k)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or(None);
                 total += v.unwrap_or(0);
             }
             total >= 10
@@ -919,7 +1162,10 @@ async fn limits_are_shared_through_redis() {
     })
     .await;
     assert!(refused, "B learns the shared count");
-    assert!(extra <= 3, "over-admission bounded by one interval: {extra}");
+    assert!(
+        extra <= 3,
+        "over-admission bounded by one interval: {extra}"
+    );
     // A hears back B's extra admissions too.
     assert!(a.admit(&p).is_err());
 }
@@ -971,8 +1217,15 @@ async fn failed_logins_are_throttled_uniformly() {
             Ok(_) => panic!("unknown user logged in"),
         }
     }
-    assert_eq!(throttled, Some(12), "locked after LOGIN_MAX_FAILURES_PER_IP failures");
-    assert!(matches!(attempt("victim", PW, from).await, Err(IdentityError::Throttled { .. })));
+    assert_eq!(
+        throttled,
+        Some(12),
+        "locked after LOGIN_MAX_FAILURES_PER_IP failures"
+    );
+    assert!(matches!(
+        attempt("victim", PW, from).await,
+        Err(IdentityError::Throttled { .. })
+    ));
     // Timing: known and unknown names cost about the same (one argon2 check each).
     let mut known = Vec::new();
     let mut ghost = Vec::new();
@@ -981,13 +1234,21 @@ async fn failed_logins_are_throttled_uniformly() {
         let _ = attempt("victim", "bad-password-x", IpAddr::from([172, 16, 0, i])).await;
         known.push(t.elapsed());
         let t = Instant::now();
-        let _ = attempt(&format!("ghost-x{i}"), "bad-password-x", IpAddr::from([172, 16, 1, i])).await;
+        let _ = attempt(
+            &format!("ghost-x{i}"),
+            "bad-password-x",
+            IpAddr::from([172, 16, 1, i]),
+        )
+        .await;
         ghost.push(t.elapsed());
     }
     known.sort();
     ghost.sort();
     let (k, g) = (known[2].as_secs_f64(), ghost[2].as_secs_f64());
-    assert!(k / g < 3.0 && g / k < 3.0, "known {k:.4}s vs unknown {g:.4}s");
+    assert!(
+        k / g < 3.0 && g / k < 3.0,
+        "known {k:.4}s vs unknown {g:.4}s"
+    );
 }
 
 // === refresh rotation ===
@@ -997,7 +1258,10 @@ async fn refresh_rotates_and_reuse_revokes_the_session() {
     let e = env().await;
     e.register("ref", Role::User).await;
     let (access, r1) = e.login("ref", PW).await;
-    let next = e.id.refresh(ip(), b(json!({"refresh_token": r1}))).await.expect("rotate");
+    let next =
+        e.id.refresh(ip(), b(json!({"refresh_token": r1})))
+            .await
+            .expect("rotate");
     assert_eq!(next.body["token_type"], "bearer");
     assert_eq!(next.body["expires_in"], 900);
     let r2 = next.body["refresh_token"].as_str().expect("r2").to_owned();
@@ -1008,9 +1272,19 @@ async fn refresh_rotates_and_reuse_revokes_the_session() {
     // r1 again: stolen. The family dies, r2 included, and its access tokens.
     let reuse = e.id.refresh(ip(), b(json!({"refresh_token": r1}))).await;
     assert_eq!(reuse.err().map(|e| e.status()), Some(401));
-    assert_eq!(e.id.refresh(ip(), b(json!({"refresh_token": r2}))).await.err().map(|e| e.status()), Some(401));
+    assert_eq!(
+        e.id.refresh(ip(), b(json!({"refresh_token": r2})))
+            .await
+            .err()
+            .map(|e| e.status()),
+        Some(401)
+    );
     assert_eq!(e.id.authenticate(&a2).await, Err(AuthError::Revoked));
-    assert!(e.id.refresh(ip(), b(json!({"refresh_token": "rt-nope"}))).await.is_err());
+    assert!(e
+        .id
+        .refresh(ip(), b(json!({"refresh_token": "rt-nope"})))
+        .await
+        .is_err());
     assert!(matches!(
         e.id.refresh(ip(), b(json!({"refresh_token": 5}))).await,
         Err(IdentityError::BadRequest(_))
@@ -1023,24 +1297,54 @@ async fn refresh_rotates_and_reuse_revokes_the_session() {
 async fn activity_is_reported_without_secrets() {
     let e = env().await;
     e.register("act", Role::User).await;
-    let _ = e.id.login(ip(), b(json!({"username": "act", "password": "wrong-pass-77"}))).await;
-    let _ = e.id.login(ip(), b(json!({"username": "pw-in-name-field", "password": "x"}))).await;
+    let _ =
+        e.id.login(
+            ip(),
+            b(json!({"username": "act", "password": "wrong-pass-77"})),
+        )
+        .await;
+    let _ =
+        e.id.login(
+            ip(),
+            b(json!({"username": "pw-in-name-field", "password": "x"})),
+        )
+        .await;
     let (p, token) = e.session("act").await;
     let (_, key) = e.key(&p, json!({"name": "k"})).await;
     let uid = p.user_id.expect("id").to_string();
-    e.id.update_user(&e.op, ip(), &uid, b(json!({"role": "ADMIN", "password": "reset-pass-88"})))
-        .await
-        .expect("update");
+    e.id.update_user(
+        &e.op,
+        ip(),
+        &uid,
+        b(json!({"role": "ADMIN", "password": "reset-pass-88"})),
+    )
+    .await
+    .expect("update");
     let events = e.events.lock().expect("events").clone();
-    let find = |action: &str, outcome: &str| events.iter().any(|ev| ev.action == action && ev.outcome == outcome);
+    let find = |action: &str, outcome: &str| {
+        events
+            .iter()
+            .any(|ev| ev.action == action && ev.outcome == outcome)
+    };
     assert!(find("admin_bootstrap", "success"));
     assert!(find("login", "failure") && find("login", "success"));
     assert!(find("user_create", "success") && find("key_create", "success"));
     assert!(find("user_update", "success") && find("user_role_change", "success"));
-    let fail = events.iter().find(|ev| ev.action == "login" && ev.outcome == "failure").expect("failure");
+    let fail = events
+        .iter()
+        .find(|ev| ev.action == "login" && ev.outcome == "failure")
+        .expect("failure");
     assert_eq!(fail.client_ip, Some(ip()));
     let all = format!("{events:?}");
-    for secret in [PW, ADMIN_PW, "wrong-pass-77", "reset-pass-88", "pw-in-name-field", key.as_str(), token.as_str()] {
+    for secret in [
+        PW,
+        ADMIN_PW,
+        "wrong-pass-77",
+        "reset-pass-88",
+        "pw-in-name-field",
+        key.as_str(),
+        token.as_str(),
+    ] {
         assert!(!all.contains(secret), "an event carries a secret");
     }
 }

@@ -89,7 +89,13 @@ impl Cache {
     }
 
     /// Replaces everything (after a listener (re)connect).
-    pub fn replace_all(&self, users: Vec<UserRow>, keys: Vec<KeyRow>, revoked: Vec<Uuid>, session_ttl: Duration) {
+    pub fn replace_all(
+        &self,
+        users: Vec<UserRow>,
+        keys: Vec<KeyRow>,
+        revoked: Vec<Uuid>,
+        session_ttl: Duration,
+    ) {
         let mut s = State::default();
         for u in users {
             s.users.insert(u.id, Arc::new(u));

@@ -116,7 +116,9 @@ pub fn name(n: &str) -> Result<String, IdentityError> {
         return Err(bad("name: 1 to 128 characters."));
     }
     if t.chars().any(char::is_control) {
-        return Err(bad("name: control characters (such as CR or LF) are not allowed."));
+        return Err(bad(
+            "name: control characters (such as CR or LF) are not allowed.",
+        ));
     }
     Ok(t.to_owned())
 }

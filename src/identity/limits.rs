@@ -118,7 +118,11 @@ fn wait_secs(prev: f64, curr: f64, limit: f64, need: f64, frac: f64) -> f64 {
         // A limit of 0: never; say "two windows" rather than forever.
         return 2.0 * w;
     }
-    let g = if curr > 0.0 { 1.0 - room_next / curr } else { 0.0 };
+    let g = if curr > 0.0 {
+        1.0 - room_next / curr
+    } else {
+        0.0
+    };
     (1.0 - frac) * w + g.max(0.0) * w
 }
 
@@ -161,9 +165,9 @@ struct Inner {
 
 impl Inner {
     fn shard(&self, subject: &str) -> MutexGuard<'_, HashMap<String, Counter>> {
-        let h = subject
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+        let h = subject.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        });
         // Counters stay usable after a panic elsewhere; worst case one count is off.
         self.shards[(h % SHARDS as u64) as usize]
             .lock()
@@ -221,7 +225,11 @@ impl RateLimiter {
     /// Counters shared through Redis at `url`, synced every `interval` by a background
     /// task that ends when the last clone of the limiter is dropped. Fails only on a
     /// malformed URL; an unreachable server is retried in the background.
-    pub fn with_redis(url: &str, prefix: &str, interval: Duration) -> Result<RateLimiter, redis::RedisError> {
+    pub fn with_redis(
+        url: &str,
+        prefix: &str,
+        interval: Duration,
+    ) -> Result<RateLimiter, redis::RedisError> {
         let client = redis::Client::open(url)?;
         let limiter = Self::local();
         tokio::spawn(sync_loop(
@@ -280,19 +288,30 @@ impl RateLimiter {
     }
 }
 
-fn headers(c: &Counter, rpm: Option<u32>, tpm: Option<u64>, frac: f64) -> Vec<(&'static str, String)> {
+fn headers(
+    c: &Counter,
+    rpm: Option<u32>,
+    tpm: Option<u64>,
+    frac: f64,
+) -> Vec<(&'static str, String)> {
     let mut h = Vec::new();
     if let Some(limit) = rpm {
         let remaining = (limit as f64 - c.estimate(REQ, frac)).floor().max(0.0) as u64;
         h.push(("x-ratelimit-limit-requests", limit.to_string()));
         h.push(("x-ratelimit-remaining-requests", remaining.to_string()));
-        h.push(("x-ratelimit-reset-requests", fmt_duration(reset_secs(c, REQ, frac))));
+        h.push((
+            "x-ratelimit-reset-requests",
+            fmt_duration(reset_secs(c, REQ, frac)),
+        ));
     }
     if let Some(limit) = tpm {
         let remaining = (limit as f64 - c.estimate(TOK, frac)).floor().max(0.0) as u64;
         h.push(("x-ratelimit-limit-tokens", limit.to_string()));
         h.push(("x-ratelimit-remaining-tokens", remaining.to_string()));
-        h.push(("x-ratelimit-reset-tokens", fmt_duration(reset_secs(c, TOK, frac))));
+        h.push((
+            "x-ratelimit-reset-tokens",
+            fmt_duration(reset_secs(c, TOK, frac)),
+        ));
     }
     h
 }
@@ -336,7 +355,9 @@ impl Inner {
     fn apply(&self, batch: &[Pushed], totals: &[[u64; 4]]) {
         for (p, t) in batch.iter().zip(totals) {
             let mut shard = self.shard(&p.subject);
-            let Some(c) = shard.get_mut(&p.subject) else { continue };
+            let Some(c) = shard.get_mut(&p.subject) else {
+                continue;
+            };
             if c.window == p.window {
                 for k in [REQ, TOK] {
                     c.in_flight[k] = c.in_flight[k].saturating_sub(p.curr[k]);
@@ -355,7 +376,9 @@ impl Inner {
     fn restore(&self, batch: Vec<Pushed>) {
         for p in batch {
             let mut shard = self.shard(&p.subject);
-            let Some(c) = shard.get_mut(&p.subject) else { continue };
+            let Some(c) = shard.get_mut(&p.subject) else {
+                continue;
+            };
             if c.window == p.window {
                 for k in [REQ, TOK] {
                     c.in_flight[k] = c.in_flight[k].saturating_sub(p.curr[k]);
@@ -380,11 +403,15 @@ async fn sync_loop(inner: Weak<Inner>, client: redis::Client, prefix: String, in
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
         if conn.is_none() {
-            match tokio::time::timeout(REDIS_TIMEOUT, client.get_multiplexed_async_connection()).await {
+            match tokio::time::timeout(REDIS_TIMEOUT, client.get_multiplexed_async_connection())
+                .await
+            {
                 Ok(Ok(c)) => conn = Some(c),
                 _ => {
                     if healthy {
-                        tracing::warn!("rate limits: Redis unreachable; limiting per replica until it is back");
+                        tracing::warn!(
+                            "rate limits: Redis unreachable; limiting per replica until it is back"
+                        );
                         healthy = false;
                     }
                     continue;
@@ -425,7 +452,9 @@ async fn sync_loop(inner: Weak<Inner>, client: redis::Client, prefix: String, in
             inner.restore(batch.into_iter().skip(done).collect());
             conn = None;
             if healthy {
-                tracing::warn!("rate limits: Redis sync failed; limiting per replica until it is back");
+                tracing::warn!(
+                    "rate limits: Redis sync failed; limiting per replica until it is back"
+                );
                 healthy = false;
             }
         } else {

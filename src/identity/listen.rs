@@ -20,7 +20,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const PING_EVERY: Duration = Duration::from_secs(5);
 
 /// Loads every account, key and recently logged-out session into the cache.
-pub(super) async fn reload(db: &Db, cache: &Cache, session_ttl: Duration) -> Result<(), StorageError> {
+pub(super) async fn reload(
+    db: &Db,
+    cache: &Cache,
+    session_ttl: Duration,
+) -> Result<(), StorageError> {
     let c = db.client().await?;
     let users = store::all_users(&c).await?;
     let keys = store::all_keys(&c).await?;
@@ -37,7 +41,12 @@ pub(super) async fn reload(db: &Db, cache: &Cache, session_ttl: Duration) -> Res
 }
 
 /// Applies one notification by re-reading the row it names.
-async fn apply(db: &Db, cache: &Cache, payload: &str, session_ttl: Duration) -> Result<(), StorageError> {
+async fn apply(
+    db: &Db,
+    cache: &Cache,
+    payload: &str,
+    session_ttl: Duration,
+) -> Result<(), StorageError> {
     let Some((kind, id)) = payload.split_once(':') else {
         return Ok(());
     };
@@ -66,7 +75,12 @@ async fn apply(db: &Db, cache: &Cache, payload: &str, session_ttl: Duration) -> 
 }
 
 /// Runs until aborted; `listening` tells whether changes are being received.
-pub(super) async fn run(db: Db, cache: Arc<Cache>, session_ttl: Duration, listening: watch::Sender<bool>) {
+pub(super) async fn run(
+    db: Db,
+    cache: Arc<Cache>,
+    session_ttl: Duration,
+    listening: watch::Sender<bool>,
+) {
     let mut backoff = BACKOFF_MIN;
     // One warning per outage, not one per attempt.
     let mut reported = false;
@@ -96,10 +110,11 @@ async fn session(
     listening: &watch::Sender<bool>,
 ) -> Result<(), StorageError> {
     let timeout = db.acquire_timeout();
-    let (client, mut connection) = match tokio::time::timeout(timeout, db.pg_config().connect(NoTls)).await {
-        Ok(r) => r?,
-        Err(_) => return Err(StorageError::Unavailable("timed out connecting")),
-    };
+    let (client, mut connection) =
+        match tokio::time::timeout(timeout, db.pg_config().connect(NoTls)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(StorageError::Unavailable("timed out connecting")),
+        };
     let (tx, mut rx) = mpsc::channel::<String>(1024);
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

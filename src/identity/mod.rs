@@ -223,9 +223,9 @@ impl From<AuthError> for GatewayError {
                 code: "token_revoked",
                 message: "The access token was revoked; log in again.",
             },
-            AuthError::Unavailable => GatewayError::Unavailable(
-                "Credentials cannot be checked right now; retry shortly.",
-            ),
+            AuthError::Unavailable => {
+                GatewayError::Unavailable("Credentials cannot be checked right now; retry shortly.")
+            }
         }
     }
 }
@@ -520,7 +520,6 @@ impl Identity {
     }
 
     /// An event by `caller`.
-    #[allow(clippy::too_many_arguments)]
     fn event(
         &self,
         action: &'static str,
@@ -562,7 +561,9 @@ fn admin(p: &Principal) -> Result<policy::Actor, IdentityError> {
             "API keys cannot manage accounts; log in to get an access token.",
         ))
     } else {
-        Err(IdentityError::Forbidden("Administrator rights are required."))
+        Err(IdentityError::Forbidden(
+            "Administrator rights are required.",
+        ))
     }
 }
 

@@ -78,7 +78,11 @@ impl Passwords {
 
     /// Whether `password` matches `hash`; `None` checks against the dummy hash (and is
     /// always false).
-    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, PasswordError> {
+    pub async fn verify(
+        &self,
+        password: String,
+        hash: Option<String>,
+    ) -> Result<bool, PasswordError> {
         let real = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy.to_string());
         let ok = self

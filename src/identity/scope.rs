@@ -78,8 +78,14 @@ mod tests {
         assert!(!covered(&v(&["qwen*"]), "*"));
         assert!(!covered(&v(&["a?c"]), "a*c"));
         assert!(!covered(&v(&["qwen3-8b"]), "qwen*"));
-        assert_eq!(effective_models(&v(&["qwen*"]), &v(&["qwen3-8b", "llama"])), Some(v(&["qwen3-8b"])));
-        assert_eq!(effective_models(&v(&["*-8b"]), &v(&["qwen*"])), Some(vec![]));
+        assert_eq!(
+            effective_models(&v(&["qwen*"]), &v(&["qwen3-8b", "llama"])),
+            Some(v(&["qwen3-8b"]))
+        );
+        assert_eq!(
+            effective_models(&v(&["*-8b"]), &v(&["qwen*"])),
+            Some(vec![])
+        );
         assert_eq!(effective_models(&[], &[]), None);
         assert_eq!(min_limit(Some(5), None), Some(5));
         assert_eq!(min_limit(Some(5), Some(3)), Some(3));

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::input::{self, nullable};
 use super::store::{self, UserChange, UserRow};
-use super::{session_user, secrets, user_json, Identity, IdentityError, Reply};
+use super::{secrets, session_user, user_json, Identity, IdentityError, Reply};
 use crate::principal::Principal;
 
 /// Longest username or password read at login; longer input is refused before hashing.
@@ -261,7 +261,11 @@ impl Identity {
     }
 
     /// `GET /auth/profile`.
-    pub async fn get_profile(&self, caller: &Principal, _ip: IpAddr) -> Result<Reply, IdentityError> {
+    pub async fn get_profile(
+        &self,
+        caller: &Principal,
+        _ip: IpAddr,
+    ) -> Result<Reply, IdentityError> {
         let id = session_user(caller)?;
         let c = self.client().await?;
         match store::user_by_id(&c, id).await? {
@@ -319,7 +323,9 @@ impl Identity {
         let b: PasswordBody = input::parse(&body)?;
         input::password(&b.new_password, "new_password")?;
         if b.current_password.len() > MAX_LOGIN_FIELD {
-            return Err(IdentityError::BadRequest("current_password too long.".into()));
+            return Err(IdentityError::BadRequest(
+                "current_password too long.".into(),
+            ));
         }
         // Guessing the current password through this endpoint is throttled like login.
         let throttle_name = format!("id:{id}");
@@ -333,7 +339,12 @@ impl Identity {
         if hash.is_none() {
             return Err(IdentityError::not_found("user", &id.to_string()));
         }
-        if !self.inner.passwords.verify(b.current_password, hash).await? {
+        if !self
+            .inner
+            .passwords
+            .verify(b.current_password, hash)
+            .await?
+        {
             self.inner.throttle.failure(&throttle_name, ip);
             self.event(
                 "password_change",

@@ -38,7 +38,11 @@ async fn rows<C: GenericClient>(c: &C, sql: &str, p: Params<'_>) -> Result<Vec<R
     Ok(c.query(&st, p).await?)
 }
 
-async fn opt<C: GenericClient>(c: &C, sql: &str, p: Params<'_>) -> Result<Option<Row>, StorageError> {
+async fn opt<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    p: Params<'_>,
+) -> Result<Option<Row>, StorageError> {
     let st = c.prepare_cached(sql).await?;
     Ok(c.query_opt(&st, p).await?)
 }
@@ -120,12 +124,19 @@ fn key(r: &Row) -> Result<KeyRow, StorageError> {
 
 // === users ===
 
-pub async fn user_by_id<C: GenericClient>(c: &C, id: Uuid) -> Result<Option<UserRow>, StorageError> {
-    opt(c, concat!("SELECT ", user_cols!(), " FROM users WHERE id = $1"), &[&id])
-        .await?
-        .as_ref()
-        .map(user)
-        .transpose()
+pub async fn user_by_id<C: GenericClient>(
+    c: &C,
+    id: Uuid,
+) -> Result<Option<UserRow>, StorageError> {
+    opt(
+        c,
+        concat!("SELECT ", user_cols!(), " FROM users WHERE id = $1"),
+        &[&id],
+    )
+    .await?
+    .as_ref()
+    .map(user)
+    .transpose()
 }
 
 /// The account and its password hash, for login only.
@@ -147,7 +158,10 @@ pub async fn user_for_login<C: GenericClient>(
         .transpose()
 }
 
-pub async fn password_hash<C: GenericClient>(c: &C, id: Uuid) -> Result<Option<String>, StorageError> {
+pub async fn password_hash<C: GenericClient>(
+    c: &C,
+    id: Uuid,
+) -> Result<Option<String>, StorageError> {
     opt(c, "SELECT password_hash FROM users WHERE id = $1", &[&id])
         .await?
         .map(|r| r.try_get(0).map_err(StorageError::from))
@@ -260,8 +274,18 @@ pub async fn update_user<C: GenericClient>(
             user_cols!()
         ),
         &[
-            &id, &set_email, &email, &role, &ch.enabled, &ch.password_hash, &ch.models,
-            &set_rpm, &rpm, &set_tpm, &tpm, &ch.revoke_tokens,
+            &id,
+            &set_email,
+            &email,
+            &role,
+            &ch.enabled,
+            &ch.password_hash,
+            &ch.models,
+            &set_rpm,
+            &rpm,
+            &set_tpm,
+            &tpm,
+            &ch.revoke_tokens,
         ],
     )
     .await?;
@@ -272,7 +296,12 @@ pub async fn update_user<C: GenericClient>(
 }
 
 pub async fn touch_login<C: GenericClient>(c: &C, id: Uuid) -> Result<(), StorageError> {
-    exec(c, "UPDATE users SET last_login_at = now() WHERE id = $1", &[&id]).await?;
+    exec(
+        c,
+        "UPDATE users SET last_login_at = now() WHERE id = $1",
+        &[&id],
+    )
+    .await?;
     Ok(())
 }
 
@@ -301,20 +330,31 @@ pub async fn count_users<C: GenericClient>(c: &C) -> Result<i64, StorageError> {
 
 // === keys ===
 
-pub async fn key_by_hash<C: GenericClient>(c: &C, digest: &[u8]) -> Result<Option<KeyRow>, StorageError> {
-    opt(c, concat!("SELECT ", key_cols!(), " FROM api_keys WHERE key_hash = $1"), &[&digest])
-        .await?
-        .as_ref()
-        .map(key)
-        .transpose()
+pub async fn key_by_hash<C: GenericClient>(
+    c: &C,
+    digest: &[u8],
+) -> Result<Option<KeyRow>, StorageError> {
+    opt(
+        c,
+        concat!("SELECT ", key_cols!(), " FROM api_keys WHERE key_hash = $1"),
+        &[&digest],
+    )
+    .await?
+    .as_ref()
+    .map(key)
+    .transpose()
 }
 
 pub async fn key_by_id<C: GenericClient>(c: &C, id: Uuid) -> Result<Option<KeyRow>, StorageError> {
-    opt(c, concat!("SELECT ", key_cols!(), " FROM api_keys WHERE id = $1"), &[&id])
-        .await?
-        .as_ref()
-        .map(key)
-        .transpose()
+    opt(
+        c,
+        concat!("SELECT ", key_cols!(), " FROM api_keys WHERE id = $1"),
+        &[&id],
+    )
+    .await?
+    .as_ref()
+    .map(key)
+    .transpose()
 }
 
 pub async fn all_keys<C: GenericClient>(c: &C) -> Result<Vec<KeyRow>, StorageError> {
@@ -369,8 +409,15 @@ pub async fn insert_key<C: GenericClient>(c: &C, k: &NewKey<'_>) -> Result<KeyRo
             key_cols!()
         ),
         &[
-            &id, &k.user_id, &k.name, &k.key_hash, &k.display_prefix, &k.models, &k.rpm_limit,
-            &k.tpm_limit, &k.expires_at,
+            &id,
+            &k.user_id,
+            &k.name,
+            &k.key_hash,
+            &k.display_prefix,
+            &k.models,
+            &k.rpm_limit,
+            &k.tpm_limit,
+            &k.expires_at,
         ],
     )
     .await?;
@@ -413,7 +460,15 @@ pub async fn update_key<C: GenericClient>(
             key_cols!()
         ),
         &[
-            &id, &ch.name, &ch.enabled, &ch.models, &set_rpm, &rpm, &set_tpm, &tpm, &set_exp,
+            &id,
+            &ch.name,
+            &ch.enabled,
+            &ch.models,
+            &set_rpm,
+            &rpm,
+            &set_tpm,
+            &tpm,
+            &set_exp,
             &exp,
         ],
     )
@@ -487,7 +542,12 @@ pub async fn refresh_for_update<C: GenericClient>(
 }
 
 pub async fn mark_refresh_used<C: GenericClient>(c: &C, digest: &[u8]) -> Result<(), StorageError> {
-    exec(c, "UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1", &[&digest]).await?;
+    exec(
+        c,
+        "UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1",
+        &[&digest],
+    )
+    .await?;
     Ok(())
 }
 

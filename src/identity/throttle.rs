@@ -147,12 +147,17 @@ mod tests {
             assert!(t.check("bob", ip).is_none());
         }
         t.failure("bob", other);
-        let w = t.check("BOB", "10.0.0.1".parse().expect("ip")).expect("locked");
+        let w = t
+            .check("BOB", "10.0.0.1".parse().expect("ip"))
+            .expect("locked");
         assert!(w > Duration::from_secs(9) && w <= Duration::from_secs(10));
         t.failure("bob", ip);
         t.failure("bob", ip);
         let w = t.check("bob", ip).expect("locked");
-        assert!(w > Duration::from_secs(20) && w <= Duration::from_secs(25), "capped: {w:?}");
+        assert!(
+            w > Duration::from_secs(20) && w <= Duration::from_secs(25),
+            "capped: {w:?}"
+        );
         assert!(t.check("carol", "10.0.0.1".parse().expect("ip")).is_none());
     }
 }

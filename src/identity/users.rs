@@ -207,7 +207,11 @@ impl Identity {
             actions.push(Action::ResetPassword);
         }
         // A patch that changes nothing is still a request to edit the account.
-        if email.is_some() || models.is_some() || rpm.is_some() || tpm.is_some() || actions.is_empty()
+        if email.is_some()
+            || models.is_some()
+            || rpm.is_some()
+            || tpm.is_some()
+            || actions.is_empty()
         {
             actions.push(Action::Edit);
         }

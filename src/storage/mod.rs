@@ -76,7 +76,9 @@ impl From<deadpool_postgres::PoolError> for StorageError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         use deadpool_postgres::PoolError;
         match e {
-            PoolError::Timeout(_) => StorageError::Unavailable("timed out waiting for a connection"),
+            PoolError::Timeout(_) => {
+                StorageError::Unavailable("timed out waiting for a connection")
+            }
             PoolError::Backend(e) => e.into(),
             _ => StorageError::Unavailable("connection pool failure"),
         }
