@@ -58,13 +58,26 @@ pub enum GatewayError {
     Unavailable(&'static str),
     #[error("internal error")]
     Internal,
+    /// 401 with a specific code (`token_expired`, `invalid_credentials`, ...).
+    #[error("authentication failed: {code}")]
+    AuthFailed {
+        code: &'static str,
+        message: &'static str,
+    },
+    /// 429 from a per-key limit or the login throttle, with `x-ratelimit-*` headers.
+    #[error("rate limited")]
+    RateLimited {
+        retry_after_secs: u64,
+        headers: Vec<(&'static str, String)>,
+    },
 }
 
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
-            Unauthorized => StatusCode::UNAUTHORIZED,
+            Unauthorized | AuthFailed { .. } => StatusCode::UNAUTHORIZED,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Forbidden(_) => StatusCode::FORBIDDEN,
             UnknownRoute | ModelNotFound(_) | NotFound { .. } => StatusCode::NOT_FOUND,
             Conflict(_) => StatusCode::CONFLICT,
@@ -86,6 +99,9 @@ impl GatewayError {
     /// Seconds a client should wait before retrying, for the statuses that invite it.
     pub fn retry_after(&self) -> Option<u32> {
         match self {
+            GatewayError::RateLimited {
+                retry_after_secs, ..
+            } => Some(u32::try_from(*retry_after_secs).unwrap_or(u32::MAX)),
             GatewayError::Overloaded | GatewayError::AtCapacity(_) => Some(1),
             GatewayError::NoHealthyBackend(_)
             | GatewayError::ShuttingDown
@@ -221,6 +237,15 @@ impl GatewayError {
                 None,
                 "Internal gateway error.".into(),
             ),
+            AuthFailed { code, message } => {
+                ("invalid_request_error", code, None, (*message).into())
+            }
+            RateLimited { .. } => (
+                "requests",
+                "rate_limit_exceeded",
+                None,
+                "Rate limit exceeded; retry after the time in Retry-After.".into(),
+            ),
         }
     }
 
@@ -239,6 +264,13 @@ impl GatewayError {
         if let Some(secs) = self.retry_after() {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let GatewayError::RateLimited { headers, .. } = &self {
+            for (name, value) in headers {
+                if let Ok(v) = HeaderValue::from_str(value) {
+                    resp.headers_mut().insert(*name, v);
+                }
+            }
         }
         if self.status() == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(

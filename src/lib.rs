@@ -14,6 +14,8 @@
 //! - [`upstream`]: the HTTP client and the probe / discovery port implementations.
 //! - [`toolcall`]: pure tool-call repair transform (no I/O).
 //! - [`sim`]: the simulated vLLM server used by tests, the demo and benchmarks.
+//! - [`identity`]: users, roles, JWT sessions, database API keys, per-key rate limits.
+//! - [`storage`]: the PostgreSQL pool and the embedded migrations.
 //! - [`cli`]: subcommands (`serve`, `check-config`, `demo`, `sim-vllm`, `healthcheck`).
 #![forbid(unsafe_code)]
 
@@ -25,6 +27,7 @@ pub mod error;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
 pub mod http;
+pub mod identity;
 pub mod lifecycle;
 pub mod metrics;
 pub mod outcome;
@@ -33,6 +36,7 @@ pub mod proxy;
 pub mod reload;
 pub mod sim;
 pub mod state;
+pub mod storage;
 pub mod telemetry;
 pub mod toolcall;
 pub mod upstream;

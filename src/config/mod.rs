@@ -110,6 +110,30 @@ pub struct Config {
     pub keepalive_timeout: Duration,
     pub http2_keepalive_interval: Duration,
     pub http2_keepalive_timeout: Duration,
+    // --- identity: users, roles, API keys, per-key limits (src/identity, src/storage) ---
+    /// PostgreSQL for users and keys; without it only static keys authenticate.
+    pub database_url: Option<Secret>,
+    pub db_pool_size: usize,
+    pub db_acquire_timeout: Duration,
+    pub db_statement_timeout: Duration,
+    /// HS256 key for access tokens (at least 32 bytes); required with `database_url`.
+    pub jwt_secret: Option<Secret>,
+    pub jwt_access_ttl: Duration,
+    pub jwt_refresh_ttl: Duration,
+    /// HMAC key for stored API keys; derived from `jwt_secret` when absent.
+    pub api_key_pepper: Option<Secret>,
+    pub admin_username: String,
+    /// Creates the first SUPER_ADMIN when the user table is empty.
+    pub admin_password: Option<Secret>,
+    /// Shares rate-limit counters between replicas.
+    pub redis_url: Option<Secret>,
+    pub redis_key_prefix: String,
+    pub rate_limit_sync_interval: Duration,
+    pub login_max_failures: u32,
+    pub login_max_failures_per_ip: u32,
+    pub login_lockout_base: Duration,
+    pub login_lockout_max: Duration,
+    pub password_hash_concurrency: usize,
 }
 
 /// A configuration that passed validation; the only thing `App::build` accepts.
@@ -300,6 +324,36 @@ impl ValidatedConfig {
         line("KEEPALIVE_TIMEOUT", ms(c.keepalive_timeout));
         line("HTTP2_KEEPALIVE_INTERVAL", ms(c.http2_keepalive_interval));
         line("HTTP2_KEEPALIVE_TIMEOUT", ms(c.http2_keepalive_timeout));
+        let secret = |s: &Option<Secret>| s.as_ref().map_or("(none)".into(), Secret::masked);
+        line("DATABASE_URL", secret(&c.database_url));
+        line("DB_POOL_SIZE", c.db_pool_size.to_string());
+        line("DB_ACQUIRE_TIMEOUT", ms(c.db_acquire_timeout));
+        line("DB_STATEMENT_TIMEOUT", ms(c.db_statement_timeout));
+        line("JWT_SECRET", secret(&c.jwt_secret));
+        line("JWT_ACCESS_TTL", ms(c.jwt_access_ttl));
+        line("JWT_REFRESH_TTL", ms(c.jwt_refresh_ttl));
+        line(
+            "API_KEY_PEPPER",
+            c.api_key_pepper
+                .as_ref()
+                .map_or("(derived from JWT_SECRET)".into(), Secret::masked),
+        );
+        line("ADMIN_USERNAME", c.admin_username.clone());
+        line("ADMIN_PASSWORD", secret(&c.admin_password));
+        line("REDIS_URL", secret(&c.redis_url));
+        line("REDIS_KEY_PREFIX", c.redis_key_prefix.clone());
+        line("RATE_LIMIT_SYNC_INTERVAL", ms(c.rate_limit_sync_interval));
+        line("LOGIN_MAX_FAILURES", c.login_max_failures.to_string());
+        line(
+            "LOGIN_MAX_FAILURES_PER_IP",
+            c.login_max_failures_per_ip.to_string(),
+        );
+        line("LOGIN_LOCKOUT_BASE", ms(c.login_lockout_base));
+        line("LOGIN_LOCKOUT_MAX", ms(c.login_lockout_max));
+        line(
+            "PASSWORD_HASH_CONCURRENCY",
+            c.password_hash_concurrency.to_string(),
+        );
         for s in &c.server_options {
             line("servers[]", s.render_masked());
         }
@@ -502,6 +556,39 @@ impl Config {
                 v!("HTTP2_KEEPALIVE_TIMEOUT"),
                 10_000,
             ),
+            database_url: crate::identity::settings::secret(v!("DATABASE_URL")),
+            db_pool_size: p.num("DB_POOL_SIZE", v!("DB_POOL_SIZE"), 16usize),
+            db_acquire_timeout: p.ms("DB_ACQUIRE_TIMEOUT", v!("DB_ACQUIRE_TIMEOUT"), 2_000),
+            db_statement_timeout: p.ms("DB_STATEMENT_TIMEOUT", v!("DB_STATEMENT_TIMEOUT"), 5_000),
+            jwt_secret: crate::identity::settings::secret(v!("JWT_SECRET")),
+            jwt_access_ttl: p.ms("JWT_ACCESS_TTL", v!("JWT_ACCESS_TTL"), 900_000),
+            jwt_refresh_ttl: p.ms("JWT_REFRESH_TTL", v!("JWT_REFRESH_TTL"), 604_800_000),
+            api_key_pepper: crate::identity::settings::secret(v!("API_KEY_PEPPER")),
+            admin_username: v!("ADMIN_USERNAME")
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "superadmin".into()),
+            admin_password: crate::identity::settings::secret(v!("ADMIN_PASSWORD")),
+            redis_url: crate::identity::settings::secret(v!("REDIS_URL")),
+            redis_key_prefix: v!("REDIS_KEY_PREFIX").unwrap_or_else(|| "llmmux:".into()),
+            rate_limit_sync_interval: p.ms(
+                "RATE_LIMIT_SYNC_INTERVAL",
+                v!("RATE_LIMIT_SYNC_INTERVAL"),
+                100,
+            ),
+            login_max_failures: p.num("LOGIN_MAX_FAILURES", v!("LOGIN_MAX_FAILURES"), 5u32),
+            login_max_failures_per_ip: p.num(
+                "LOGIN_MAX_FAILURES_PER_IP",
+                v!("LOGIN_MAX_FAILURES_PER_IP"),
+                20u32,
+            ),
+            login_lockout_base: p.ms("LOGIN_LOCKOUT_BASE", v!("LOGIN_LOCKOUT_BASE"), 1_000),
+            login_lockout_max: p.ms("LOGIN_LOCKOUT_MAX", v!("LOGIN_LOCKOUT_MAX"), 900_000),
+            password_hash_concurrency: p.num(
+                "PASSWORD_HASH_CONCURRENCY",
+                v!("PASSWORD_HASH_CONCURRENCY"),
+                2usize,
+            ),
         };
         errors.extend(file_errors.into_inner());
         errors.extend(validate(&cfg));
@@ -629,6 +716,7 @@ fn validate(c: &Config) -> Vec<ConfigError> {
             );
         }
     }
+    errors.extend(crate::identity::settings::validate(c));
     errors
 }
 

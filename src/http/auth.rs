@@ -66,22 +66,16 @@ impl Authenticator {
         let token = bearer(headers)?;
         let principal = token.map(digest).and_then(|t| {
             if let Some(i) = Self::find(&self.admin, &t) {
-                Some(Principal {
-                    key_id: format!("admin-static:{i}"),
-                    admin: true,
-                })
+                Some(Principal::admin_static_key(i))
             } else {
-                Self::find(&self.client, &t).map(|i| Principal {
-                    key_id: format!("static:{i}"),
-                    admin: false,
-                })
+                Self::find(&self.client, &t).map(Principal::static_key)
             }
         });
         match (access, principal) {
             (Access::Admin, _) if self.admin.is_empty() => Err(GatewayError::Forbidden(
                 "The admin API is disabled: set ADMIN_API_KEYS to enable it.",
             )),
-            (Access::Admin, Some(p)) if p.admin => Ok(p),
+            (Access::Admin, Some(p)) if p.is_admin() => Ok(p),
             (Access::Admin, Some(_)) => Err(GatewayError::Forbidden(
                 "This credential may not use the admin API.",
             )),
@@ -91,6 +85,29 @@ impl Authenticator {
             _ => Err(GatewayError::Unauthorized),
         }
     }
+}
+
+/// Static keys shorter than this get a start-up warning: they are guessable or typed.
+pub const MIN_STATIC_KEY_CHARS: usize = 32;
+
+/// One warning line per short static key, naming it by position (never by its value), for
+/// the caller to log at start-up.
+pub fn short_key_warnings(cfg: &Config) -> Vec<String> {
+    let short = |name: &str, id: &str, keys: &[Secret]| -> Vec<String> {
+        keys.iter()
+            .enumerate()
+            .filter(|(_, k)| k.expose().chars().count() < MIN_STATIC_KEY_CHARS)
+            .map(|(i, _)| {
+                format!(
+                    "{name} entry {id}:{i} is shorter than {MIN_STATIC_KEY_CHARS} characters; \
+                     use a long random key (or database keys)"
+                )
+            })
+            .collect()
+    };
+    let mut out = short("API_KEYS", "static", &cfg.api_keys);
+    out.extend(short("ADMIN_API_KEYS", "admin-static", &cfg.admin_api_keys));
+    out
 }
 
 /// The bearer token, if any. Two `Authorization` headers are ambiguous: 400.
