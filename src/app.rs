@@ -47,6 +47,10 @@ pub enum AppError {
     Listener(std::io::Error),
     #[error("cannot listen on METRICS_PORT: {0}")]
     MetricsListener(std::io::Error),
+    #[error("database migrations failed: {0}")]
+    Migrate(crate::storage::StorageError),
+    #[error("cannot start the identity store: {0}")]
+    Identity(#[from] crate::identity::StartError),
 }
 
 fn initial_table(specs: &[BackendSpec], registry: &Slot<RegistryMsg>) -> RoutingTable {
@@ -153,6 +157,22 @@ impl App {
         source: Option<ConfigSource>,
     ) -> Result<App, AppError> {
         let addr = listener.local_addr().map_err(AppError::Listener)?;
+        for w in crate::http::auth::short_key_warnings(&cfg) {
+            warn!("{w}");
+        }
+        let identity = match &cfg.database_url {
+            Some(url) => {
+                let applied = crate::storage::migrate(url.expose())
+                    .await
+                    .map_err(AppError::Migrate)?;
+                if !applied.is_empty() {
+                    info!(migrations = ?applied, "database migrated");
+                }
+                crate::identity::Identity::from_config(&cfg, crate::identity::activity_log())
+                    .await?
+            }
+            None => None,
+        };
         let client = build_client(&cfg)?;
         let control = Arc::new(HttpControlPlane {
             client: client.clone(),
@@ -315,10 +335,15 @@ impl App {
             auth: arc_swap::ArcSwap::from_pointee(Authenticator::new(&cfg)),
             source,
             front,
-            sinks: Arc::new(OutcomeSinks::new(vec![
-                Arc::new(AccessLog),
-                metrics.clone(),
-            ])),
+            sinks: Arc::new(OutcomeSinks::new({
+                let mut sinks: Vec<Arc<dyn crate::outcome::OutcomeSink>> =
+                    vec![Arc::new(AccessLog), metrics.clone()];
+                if let Some(id) = &identity {
+                    sinks.push(Arc::new(crate::identity::TokenCounter(id.clone())));
+                }
+                sinks
+            })),
+            identity,
             metrics,
             first_seen: Mutex::new(HashMap::new()),
             #[cfg(feature = "fault-injection")]

@@ -37,6 +37,15 @@ pub enum Command {
     Demo,
     /// Run one simulated vLLM server.
     SimVllm(SimArgs),
+    /// Apply the database migrations (`DATABASE_URL`) and exit.
+    Migrate,
+    /// Create a SUPER_ADMIN, or reset an existing account to one (password prompted, or read
+    /// from standard input, or from ADMIN_PASSWORD).
+    CreateAdmin {
+        /// Defaults to ADMIN_USERNAME (`superadmin`).
+        #[arg(long)]
+        username: Option<String>,
+    },
     /// Probe the local gateway's /healthz (for Docker HEALTHCHECK).
     Healthcheck {
         /// Defaults to http://127.0.0.1:$PORT/healthz.
@@ -127,6 +136,14 @@ async fn run(cli: Cli) -> i32 {
             Err(errors) => report(&errors),
         },
         Command::Demo => demo(cli.config).await,
+        Command::Migrate => match load_config(cli.config, &process_env) {
+            Ok(cfg) => migrate(cfg).await,
+            Err(errors) => report(&errors),
+        },
+        Command::CreateAdmin { username } => match load_config(cli.config, &process_env) {
+            Ok(cfg) => create_admin(cfg, username).await,
+            Err(errors) => report(&errors),
+        },
         Command::SimVllm(args) => sim_vllm(args).await,
         Command::Healthcheck { url } => healthcheck(url, cli.config).await,
     }
@@ -230,6 +247,71 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn migrate(cfg: ValidatedConfig) -> i32 {
+    let Some(url) = &cfg.database_url else {
+        eprintln!("migrate needs DATABASE_URL");
+        return 2;
+    };
+    match crate::storage::migrate(url.expose()).await {
+        Ok(applied) if applied.is_empty() => {
+            println!("the database schema is up to date");
+            0
+        }
+        Ok(applied) => {
+            println!("applied: {}", applied.join(", "));
+            0
+        }
+        Err(e) => {
+            eprintln!("migration failed: {e}");
+            1
+        }
+    }
+}
+
+async fn create_admin(cfg: ValidatedConfig, username: Option<String>) -> i32 {
+    let Some(settings) = crate::storage::DbSettings::from_config(&cfg) else {
+        eprintln!("create-admin needs DATABASE_URL");
+        return 2;
+    };
+    if let Err(e) = crate::storage::migrate(settings.url.expose()).await {
+        eprintln!("migration failed: {e}");
+        return 1;
+    }
+    let username = username.unwrap_or_else(|| cfg.admin_username.clone());
+    let password = match &cfg.admin_password {
+        Some(p) => p.expose().to_owned(),
+        None => match crate::identity::bootstrap::read_password("Password for the SUPER_ADMIN: ") {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("cannot read the password: {e}");
+                return 2;
+            }
+        },
+    };
+    let db = match crate::storage::Db::new(&settings) {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("cannot connect: {e}");
+            return 1;
+        }
+    };
+    let hook = crate::identity::activity_log();
+    match crate::identity::bootstrap::create_admin(&db, &username, &password, &hook).await {
+        Ok(crate::identity::bootstrap::AdminOutcome::Created) => {
+            println!("created SUPER_ADMIN {username:?}");
+            0
+        }
+        Ok(crate::identity::bootstrap::AdminOutcome::Reset) => {
+            println!("reset {username:?} to an enabled SUPER_ADMIN with the new password");
+            0
+        }
+        Err(e) => {
+            eprintln!("create-admin failed: {e}");
+            1
+        }
     }
 }
 

@@ -21,6 +21,12 @@ pub enum GatewayError {
     NotFound { what: &'static str, id: String },
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A feature this deployment has not configured.
+    #[error("not enabled: {0}")]
+    NotEnabled(&'static str),
+    /// The credential may not use this model.
+    #[error("model not allowed")]
+    ModelNotAllowed(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("model not found: {0}")]
@@ -81,6 +87,8 @@ impl GatewayError {
             Forbidden(_) => StatusCode::FORBIDDEN,
             UnknownRoute | ModelNotFound(_) | NotFound { .. } => StatusCode::NOT_FOUND,
             Conflict(_) => StatusCode::CONFLICT,
+            NotEnabled(_) => StatusCode::NOT_FOUND,
+            ModelNotAllowed(_) => StatusCode::FORBIDDEN,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -134,6 +142,13 @@ impl GatewayError {
                 format!("No {what} with id `{}`.", printable(id)),
             ),
             Conflict(why) => ("invalid_request_error", "conflict", None, printable(why)),
+            NotEnabled(why) => ("invalid_request_error", "not_enabled", None, (*why).into()),
+            ModelNotAllowed(m) => (
+                "permission_denied",
+                "model_not_allowed",
+                Some("model"),
+                format!("This credential may not use the model `{}`.", printable(m)),
+            ),
             MethodNotAllowed => (
                 "invalid_request_error",
                 "method_not_allowed",

@@ -146,6 +146,10 @@ impl Outcome {
         f(&mut self.lock());
     }
 
+    pub fn client_ip(&self) -> IpAddr {
+        self.lock().client_addr
+    }
+
     pub fn id(&self) -> String {
         self.lock().id.clone()
     }

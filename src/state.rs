@@ -22,6 +22,8 @@ pub struct AppState {
     pub discovery: DiscoveryHandle,
     /// Rebuilt on reload (the static keys may change).
     pub auth: arc_swap::ArcSwap<Authenticator>,
+    /// Users, sessions, database keys and per-key limits (`DATABASE_URL`).
+    pub identity: Option<crate::identity::Identity>,
     /// Where a reload reads the configuration again (none: reload is refused).
     pub source: Option<crate::config::ConfigSource>,
     pub front: Arc<FrontDoor>,

@@ -1,7 +1,9 @@
-//! Authentication of static keys (`API_KEYS`, `ADMIN_API_KEYS`) and who may call what.
+//! Who is calling, and may they call this route.
 //!
-//! Keys are compared as SHA-256 digests in constant time, so neither the content nor the
-//! length of a configured key leaks through timing.
+//! Static keys (`API_KEYS`, `ADMIN_API_KEYS`) are checked first, as SHA-256 digests in
+//! constant time (neither content nor length leaks through timing); any other bearer token
+//! goes to the identity service (JWT sessions, database keys) when `DATABASE_URL` is set.
+//! The gateway is open (any token, or none) only without client keys and without a store.
 
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
@@ -9,17 +11,28 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{Config, Secret};
 use crate::error::GatewayError;
+use crate::identity::Identity;
 use crate::principal::Principal;
 
 /// Who may call a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
-    /// Anyone (health, readiness).
+    /// Anyone (health, readiness, login).
     Public,
-    /// Any valid credential (open when no client key is configured).
+    /// Any valid credential (anyone on an open gateway).
     Client,
-    /// An admin credential.
+    /// A real credential, even on an open gateway (account and key management).
+    Authenticated,
+    /// An admin credential: `ADMIN_API_KEYS`, or an ADMIN / SUPER_ADMIN session.
     Admin,
+}
+
+/// What the static keys make of a request's credential.
+enum Lookup<'a> {
+    None,
+    Static(Principal),
+    /// Not a static key: maybe a session or a database key.
+    Other(&'a str),
 }
 
 type KeyDigest = [u8; 32];
@@ -54,34 +67,53 @@ impl Authenticator {
         })
     }
 
-    /// The caller of a route with the given access rule.
-    pub fn authorize(
+    fn lookup<'h>(&self, headers: &'h HeaderMap) -> Result<Lookup<'h>, GatewayError> {
+        let Some(token) = bearer(headers)? else {
+            return Ok(Lookup::None);
+        };
+        let t = digest(token);
+        Ok(if let Some(i) = Self::find(&self.admin, &t) {
+            Lookup::Static(Principal::admin_static_key(i))
+        } else if let Some(i) = Self::find(&self.client, &t) {
+            Lookup::Static(Principal::static_key(i))
+        } else {
+            Lookup::Other(token)
+        })
+    }
+
+    /// The caller of a route with the given access rule. Sessions and database keys are
+    /// checked by `identity` (cached; 503 when it cannot tell in time).
+    pub async fn authorize(
         &self,
+        identity: Option<&Identity>,
         access: Access,
         headers: &HeaderMap,
     ) -> Result<Principal, GatewayError> {
         if access == Access::Public {
             return Ok(Principal::anonymous());
         }
-        let token = bearer(headers)?;
-        let principal = token.map(digest).and_then(|t| {
-            if let Some(i) = Self::find(&self.admin, &t) {
-                Some(Principal::admin_static_key(i))
-            } else {
-                Self::find(&self.client, &t).map(Principal::static_key)
+        let open = self.client.is_empty() && identity.is_none();
+        let found = match self.lookup(headers)? {
+            Lookup::Static(p) => Some(p),
+            Lookup::Other(token) => match identity {
+                Some(id) => Some(id.authenticate(token).await?),
+                None => None,
+            },
+            Lookup::None => None,
+        };
+        match (access, found) {
+            (Access::Admin, _) if self.admin.is_empty() && identity.is_none() => {
+                Err(GatewayError::Forbidden(
+                    "The admin API is disabled: set ADMIN_API_KEYS or DATABASE_URL to enable it.",
+                ))
             }
-        });
-        match (access, principal) {
-            (Access::Admin, _) if self.admin.is_empty() => Err(GatewayError::Forbidden(
-                "The admin API is disabled: set ADMIN_API_KEYS to enable it.",
-            )),
             (Access::Admin, Some(p)) if p.is_admin() => Ok(p),
             (Access::Admin, Some(_)) => Err(GatewayError::Forbidden(
                 "This credential may not use the admin API.",
             )),
             (_, Some(p)) => Ok(p),
-            // An open gateway (no client keys) takes any token: SDKs always send one.
-            (Access::Client, None) if self.client.is_empty() => Ok(Principal::anonymous()),
+            // An open gateway takes any token: SDKs always send one.
+            (Access::Client, None) if open => Ok(Principal::anonymous()),
             _ => Err(GatewayError::Unauthorized),
         }
     }
@@ -153,39 +185,46 @@ mod tests {
         }
     }
 
+    fn run(a: &Authenticator, access: Access, h: &HeaderMap) -> Result<Principal, GatewayError> {
+        futures_util::FutureExt::now_or_never(a.authorize(None, access, h))
+            .expect("no identity: ready at once")
+    }
+
     #[test]
     fn access_rules() {
         let a = auth(&["sk-a"], &["sk-adm"]);
         assert_eq!(
-            a.authorize(Access::Client, &h(&["Bearer sk-a"]))
+            run(&a, Access::Client, &h(&["Bearer sk-a"]))
                 .expect("client")
                 .key_id,
             "static:0"
         );
-        assert!(a.authorize(Access::Client, &h(&["bearer sk-adm"])).is_ok());
-        assert!(a.authorize(Access::Client, &h(&["Bearer sk-b"])).is_err());
-        assert!(a.authorize(Access::Client, &h(&["Basic sk-a"])).is_err());
-        assert!(a.authorize(Access::Client, &HeaderMap::new()).is_err());
+        assert!(run(&a, Access::Client, &h(&["bearer sk-adm"])).is_ok());
+        assert!(run(&a, Access::Client, &h(&["Bearer sk-b"])).is_err());
+        assert!(run(&a, Access::Client, &h(&["Basic sk-a"])).is_err());
+        assert!(run(&a, Access::Client, &HeaderMap::new()).is_err());
         assert!(matches!(
-            a.authorize(Access::Admin, &h(&["Bearer sk-a"])),
+            run(&a, Access::Admin, &h(&["Bearer sk-a"])),
             Err(GatewayError::Forbidden(_))
         ));
         assert!(matches!(
-            a.authorize(Access::Admin, &h(&["Bearer nope"])),
+            run(&a, Access::Admin, &h(&["Bearer nope"])),
             Err(GatewayError::Unauthorized)
         ));
-        assert!(a.authorize(Access::Admin, &h(&["Bearer sk-adm"])).is_ok());
+        assert!(run(&a, Access::Admin, &h(&["Bearer sk-adm"])).is_ok());
         assert!(matches!(
-            a.authorize(Access::Client, &h(&["Bearer sk-a", "Bearer sk-a"])),
+            run(&a, Access::Client, &h(&["Bearer sk-a", "Bearer sk-a"])),
             Err(GatewayError::InvalidRequest { .. })
         ));
         let open = auth(&[], &[]);
-        assert!(open.authorize(Access::Client, &HeaderMap::new()).is_ok());
-        assert!(open
-            .authorize(Access::Client, &h(&["Bearer EMPTY"]))
-            .is_ok());
+        assert!(run(&open, Access::Client, &HeaderMap::new()).is_ok());
+        assert!(run(&open, Access::Client, &h(&["Bearer EMPTY"])).is_ok());
         assert!(matches!(
-            open.authorize(Access::Admin, &h(&["Bearer x"])),
+            run(&open, Access::Authenticated, &HeaderMap::new()),
+            Err(GatewayError::Unauthorized)
+        ));
+        assert!(matches!(
+            run(&open, Access::Admin, &h(&["Bearer x"])),
             Err(GatewayError::Forbidden(_))
         ));
     }

@@ -1,6 +1,7 @@
 //! The HTTP front end on plain hyper: accept loop, routing, auth, CORS, error mapping.
 //! OpenAI protocol types live only here and in `proxy`.
 
+pub mod accounts;
 pub mod admin;
 pub mod auth;
 pub mod conn;

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::body::Body;
 use crate::error::{json_response, GatewayError};
+use crate::principal::Principal;
 use crate::state::AppState;
 
 fn now() -> u64 {
@@ -57,12 +58,19 @@ pub fn available(state: &AppState) -> BTreeMap<String, Value> {
     out
 }
 
-pub fn list(state: &AppState) -> Response<Body> {
-    let data: Vec<Value> = available(state).into_values().collect();
+pub fn list(state: &AppState, caller: &Principal) -> Response<Body> {
+    let data: Vec<Value> = available(state)
+        .into_iter()
+        .filter(|(id, _)| caller.may_use(id))
+        .map(|(_, card)| card)
+        .collect();
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
-pub fn one(state: &AppState, id: &str) -> Response<Body> {
+pub fn one(state: &AppState, caller: &Principal, id: &str) -> Response<Body> {
+    if !caller.may_use(id) {
+        return GatewayError::ModelNotFound(id.to_owned()).into_response();
+    }
     match available(state).remove(id) {
         Some(card) => json_response(StatusCode::OK, &card),
         None => GatewayError::ModelNotFound(id.to_owned()).into_response(),

@@ -34,9 +34,14 @@ fn summary(state: &AppState, detail: bool) -> serde_json::Value {
     v
 }
 
-pub fn healthz(state: &AppState, headers: &HeaderMap) -> Response<Body> {
+pub async fn healthz(state: &AppState, headers: &HeaderMap) -> Response<Body> {
     let admin = headers.contains_key(http::header::AUTHORIZATION)
-        && state.auth.load().authorize(Access::Admin, headers).is_ok();
+        && state
+            .auth
+            .load()
+            .authorize(state.identity.as_ref(), Access::Admin, headers)
+            .await
+            .is_ok();
     let mut v = summary(state, admin);
     v["status"] = json!("ok");
     json_response(StatusCode::OK, &v)

@@ -10,6 +10,7 @@ use http::{header, HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
+use super::accounts::Endpoint as Account;
 use super::auth::Access;
 use super::conn::RequestGuard;
 use super::{admin, cors, models, ops, request_id};
@@ -34,6 +35,7 @@ enum Route {
     BackendDrain,
     BackendUndrain,
     Reload,
+    Account(Account),
     /// Fault injection (chaos suite only): crash one actor of a kind.
     #[cfg(feature = "fault-injection")]
     Crash,
@@ -75,6 +77,66 @@ fn defs() -> Vec<(&'static str, Def)> {
             d(Route::Backends, &[Method::GET, Method::POST], Access::Admin),
         ),
         ("/admin/reload", d(Route::Reload, POST, Access::Admin)),
+        (
+            "/auth/login",
+            d(Route::Account(Account::Login), POST, Access::Public),
+        ),
+        (
+            "/auth/refresh",
+            d(Route::Account(Account::Refresh), POST, Access::Public),
+        ),
+        (
+            "/auth/logout",
+            d(Route::Account(Account::Logout), POST, Access::Authenticated),
+        ),
+        (
+            "/auth/profile",
+            d(
+                Route::Account(Account::Profile),
+                &[Method::GET, Method::PATCH],
+                Access::Authenticated,
+            ),
+        ),
+        (
+            "/auth/change-password",
+            d(
+                Route::Account(Account::ChangePassword),
+                POST,
+                Access::Authenticated,
+            ),
+        ),
+        (
+            "/auth/register",
+            d(Route::Account(Account::Register), POST, Access::Admin),
+        ),
+        (
+            "/auth/users",
+            d(Route::Account(Account::Users), GET, Access::Admin),
+        ),
+        (
+            "/auth/users/{id}",
+            d(
+                Route::Account(Account::User),
+                &[Method::GET, Method::PATCH, Method::DELETE],
+                Access::Admin,
+            ),
+        ),
+        (
+            "/auth/api-keys",
+            d(
+                Route::Account(Account::Keys),
+                &[Method::GET, Method::POST],
+                Access::Authenticated,
+            ),
+        ),
+        (
+            "/auth/api-keys/{id}",
+            d(
+                Route::Account(Account::Key),
+                &[Method::GET, Method::PATCH, Method::DELETE],
+                Access::Authenticated,
+            ),
+        ),
         #[cfg(feature = "fault-injection")]
         (
             "/admin/faults/crash/{actor}",
@@ -226,21 +288,36 @@ async fn dispatch(
         return Ok(resp);
     }
     let method = if as_get { Method::GET } else { method };
-    let principal = Arc::new(state.auth.load().authorize(def.access, req.headers())?);
+    let principal = Arc::new(
+        state
+            .auth
+            .load()
+            .authorize(state.identity.as_ref(), def.access, req.headers())
+            .await?,
+    );
     outcome.update(|r| r.principal = Some(principal.clone()));
+    let peer_ip = outcome.client_ip();
     let id = found.params.get("id").map(str::to_owned);
     let id = id.as_deref().unwrap_or("");
     match (def.route, method) {
-        (Route::Healthz, _) => Ok(ops::healthz(state, req.headers())),
+        (Route::Healthz, _) => Ok(ops::healthz(state, req.headers()).await),
         (Route::Readyz, _) => Ok(ops::readyz(state)),
         (Route::Metrics, _) if cfg.metrics_port.is_some() => Err(GatewayError::UnknownRoute),
         (Route::Metrics, _) => ops::metrics(state, &cfg, req.headers()),
-        (Route::Models, _) => Ok(models::list(state)),
-        (Route::Model, _) => Ok(models::one(state, id)),
+        (Route::Models, _) => Ok(models::list(state, &principal)),
+        (Route::Model, _) => Ok(models::one(state, &principal, id)),
         (Route::DiscoveryStats, _) => Ok(admin::discovery_stats(state)),
         (Route::DiscoveryRefresh, _) => Ok(admin::discovery_refresh(state).await),
         (Route::Proxy(ep), _) => {
-            proxy::forward(&state.proxy, &cfg, &state.lifecycle, ep, req, outcome).await
+            let gate = proxy::Gate {
+                principal: &principal,
+                identity: state.identity.as_ref(),
+                metrics: &state.metrics,
+            };
+            proxy::forward(&state.proxy, &cfg, &state.lifecycle, ep, req, outcome, gate).await
+        }
+        (Route::Account(a), _) => {
+            super::accounts::handle(state.identity.as_ref(), a, &principal, peer_ip, id, req).await
         }
         (Route::Backends, Method::POST) => admin::add_backend(state, req).await,
         (Route::Backends, _) => Ok(admin::backends(state)),

@@ -467,6 +467,15 @@ async fn sync_loop(inner: Weak<Inner>, client: redis::Client, prefix: String, in
     }
 }
 
+impl From<RateLimited> for crate::error::GatewayError {
+    fn from(r: RateLimited) -> Self {
+        crate::error::GatewayError::RateLimited {
+            retry_after_secs: r.retry_after_secs(),
+            headers: r.headers,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -640,3 +640,33 @@ fn key_json(k: &KeyRow) -> Value {
         "updated_at": ts(&k.updated_at),
     })
 }
+
+/// Charges the tokens of every finished request to its credential's limits.
+pub struct TokenCounter(pub Identity);
+
+impl crate::outcome::OutcomeSink for TokenCounter {
+    fn record(&self, r: &crate::outcome::RequestRecord) {
+        if let (Some(p), Some(prompt), Some(completion)) =
+            (&r.principal, r.prompt_tokens, r.completion_tokens)
+        {
+            self.0.record_tokens(p, prompt, completion);
+        }
+    }
+}
+
+/// Until the audit writer takes them: activity events as log lines (target
+/// `llmmux::activity`), never with a secret.
+pub fn activity_log() -> ActivityHook {
+    Arc::new(|e: ActivityEvent| {
+        tracing::info!(
+            target: "llmmux::activity",
+            action = e.action,
+            outcome = e.outcome,
+            actor_user = ?e.actor_user_id,
+            actor_key = e.actor_key_id.as_deref().unwrap_or("-"),
+            target_id = e.target.as_deref().unwrap_or("-"),
+            client = ?e.client_ip,
+            "activity"
+        );
+    })
+}

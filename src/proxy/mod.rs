@@ -35,8 +35,11 @@ use tracing::{debug, warn, Instrument};
 use crate::body::{full, Body};
 use crate::config::Config;
 use crate::error::{json_response, normalize_upstream_error, GatewayError};
+use crate::identity::Identity;
 use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
 use crate::outcome::Outcome;
+use crate::principal::Principal;
 use crate::toolcall::{self, Counters as ToolCallCounters, Family, RequestTools};
 use crate::upstream::ServerExt;
 use retry::RetryBudgets;
@@ -227,6 +230,39 @@ struct Call<'a> {
     deadline: Instant,
 }
 
+/// Who is asking, and the per-credential checks: model permissions and rate limits.
+pub struct Gate<'a> {
+    pub principal: &'a Principal,
+    pub identity: Option<&'a Identity>,
+    pub metrics: &'a Metrics,
+}
+
+impl Gate<'_> {
+    /// 403 before any server is called for a model the credential may not use; 429 over
+    /// its limits. On admission, the `x-ratelimit-*` headers to add to the answer.
+    fn admit(&self, model: &str) -> Result<Vec<(&'static str, String)>, GatewayError> {
+        if !self.principal.may_use(model) {
+            return Err(GatewayError::ModelNotAllowed(model.to_owned()));
+        }
+        let Some(identity) = self.identity else {
+            return Ok(Vec::new());
+        };
+        match identity.admit(self.principal) {
+            Ok(a) => Ok(a.headers),
+            Err(limited) => {
+                let requests_spent = limited
+                    .headers
+                    .iter()
+                    .any(|(k, v)| *k == "x-ratelimit-remaining-requests" && v == "0");
+                self.metrics
+                    .rate_limited(if requests_spent { "rpm" } else { "tpm" });
+                Err(GatewayError::from(limited))
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub async fn forward(
     proxy: &Proxy,
     cfg: &Config,
@@ -234,6 +270,38 @@ pub async fn forward(
     ep: Endpoint,
     req: Request<Incoming>,
     outcome: &Outcome,
+    gate: Gate<'_>,
+) -> Result<Response<Body>, GatewayError> {
+    let mut limit_headers = Vec::new();
+    let mut resp = forward_inner(
+        proxy,
+        cfg,
+        lifecycle,
+        ep,
+        req,
+        outcome,
+        &gate,
+        &mut limit_headers,
+    )
+    .await?;
+    for (name, value) in limit_headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(name, v);
+        }
+    }
+    Ok(resp)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward_inner(
+    proxy: &Proxy,
+    cfg: &Config,
+    lifecycle: &Lifecycle,
+    ep: Endpoint,
+    req: Request<Incoming>,
+    outcome: &Outcome,
+    gate: &Gate<'_>,
+    limit_headers: &mut Vec<(&'static str, String)>,
 ) -> Result<Response<Body>, GatewayError> {
     if lifecycle.is_draining() {
         return Err(GatewayError::ShuttingDown);
@@ -256,6 +324,7 @@ pub async fn forward(
         r.model = Some(p.model.clone());
         r.stream = p.stream;
     });
+    *limit_headers = gate.admit(&p.model)?;
     let permit = proxy
         .concurrency
         .clone()
