@@ -14,6 +14,7 @@
 pub mod prepare;
 pub mod pump;
 pub mod retry;
+pub mod sse_guard;
 
 use std::future::Future;
 use std::sync::Arc;
