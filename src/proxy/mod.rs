@@ -13,6 +13,7 @@
 
 pub mod prepare;
 pub mod pump;
+pub mod request_scan;
 pub mod retry;
 pub mod sse_guard;
 
