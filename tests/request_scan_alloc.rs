@@ -60,8 +60,7 @@ fn a_10_mb_body_peaks_at_twice_its_size_when_rewritten() {
     assert!(peak <= (len + SLACK) as u64, "peak {peak} B for {len} B");
     // The max so far is the checked body's; the rewrites below must exceed it to be seen,
     // and they do (two copies), so each figure is that run's own peak.
-    let aliases: BTreeMap<String, String> =
-        [("m".to_string(), "served-model".to_string())].into();
+    let aliases: BTreeMap<String, String> = [("m".to_string(), "served-model".to_string())].into();
     for stream in [false, true] {
         let (len, peak, rewritten) = peak_of(stream, &aliases);
         assert!(rewritten);

@@ -135,7 +135,10 @@ async fn events_under_the_cap_pass() {
         .expect("body");
     assert!(body.ends_with("data: [DONE]\n\n") && !body.contains("\"error\""));
     let big = "x".repeat(60_000);
-    assert!(sse_data(&body).contains(&big), "the 60 kB event was relayed");
+    assert!(
+        sse_data(&body).contains(&big),
+        "the 60 kB event was relayed"
+    );
     app.shutdown().await;
 }
 

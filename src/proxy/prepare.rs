@@ -300,9 +300,13 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(got.as_ptr(), one.as_ptr(), "a one-frame body is not copied");
-        let got = collect(frames(&[b"{\"mo", b"", b"del\":", b"\"m\"}"]), Some(13), 100)
-            .await
-            .expect("read");
+        let got = collect(
+            frames(&[b"{\"mo", b"", b"del\":", b"\"m\"}"]),
+            Some(13),
+            100,
+        )
+        .await
+        .expect("read");
         assert_eq!(&got[..], one);
         let got = collect(frames(&[b"{\"mo", b"del\":\"m\"}"]), None, 100)
             .await
@@ -312,7 +316,10 @@ mod tests {
             collect(frames(&[b"{\"mo", b"del\":\"m\"}"]), None, 12).await,
             Err(GatewayError::BodyTooLarge(12))
         ));
-        assert_eq!(collect(frames(&[]), Some(0), 10).await.ok(), Some(Bytes::new()));
+        assert_eq!(
+            collect(frames(&[]), Some(0), 10).await.ok(),
+            Some(Bytes::new())
+        );
     }
 
     #[test]

@@ -133,9 +133,8 @@ pub struct Rewrite<'s> {
 /// Check `body` and read the fields the gateway needs. `messages_required`: chat requests
 /// must carry a `messages` array.
 pub fn scan(body: &Bytes, messages_required: bool) -> Result<Scan<'_>, ScanError> {
-    let text = std::str::from_utf8(body).map_err(|e| {
-        ScanError::Json(format!("invalid UTF-8 at byte {}", e.valid_up_to()))
-    })?;
+    let text = std::str::from_utf8(body)
+        .map_err(|e| ScanError::Json(format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
     check_depth(text.as_bytes())?;
     if !text.trim_start_matches(JSON_WS).starts_with('{') {
         return Err(match serde_json::from_str::<IgnoredAny>(text) {
@@ -299,7 +298,10 @@ impl Scan<'_> {
     /// Where `part` (a slice borrowed from the body by the parser) lies in the body.
     fn span(&self, part: &str) -> (usize, usize) {
         let start = (part.as_ptr() as usize).wrapping_sub(self.text.as_ptr() as usize);
-        debug_assert!(start + part.len() <= self.text.len(), "not a slice of the body");
+        debug_assert!(
+            start + part.len() <= self.text.len(),
+            "not a slice of the body"
+        );
         (start, start + part.len())
     }
 }
@@ -425,7 +427,11 @@ mod tests {
     use serde_json::json;
 
     fn nest(depth: usize) -> String {
-        format!(r#"{{"model":"m","x":{}1{}}}"#, "[".repeat(depth - 1), "]".repeat(depth - 1))
+        format!(
+            r#"{{"model":"m","x":{}1{}}}"#,
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        )
     }
 
     #[test]
@@ -446,25 +452,49 @@ mod tests {
         for bomb in [
             "[".repeat(1_000_000),
             format!(r#"{{"model":"m","x":{}"#, "[".repeat(1_000_000)),
-            format!(r#"{{"model":"m","x":{}1{}}}"#, "[".repeat(500_000), "]".repeat(500_000)),
+            format!(
+                r#"{{"model":"m","x":{}1{}}}"#,
+                "[".repeat(500_000),
+                "]".repeat(500_000)
+            ),
             format!(r#"{{"model":"m","x":{}}}"#, r#"{"a":"#.repeat(200_000)),
         ] {
-            assert_eq!(scan(&Bytes::from(bomb), false).err(), Some(ScanError::TooDeep));
+            assert_eq!(
+                scan(&Bytes::from(bomb), false).err(),
+                Some(ScanError::TooDeep)
+            );
         }
     }
 
     #[test]
     fn validation_rules() {
-        let check = |body: &str, required: bool| scan(&Bytes::from(body.to_owned()), required).err();
+        let check =
+            |body: &str, required: bool| scan(&Bytes::from(body.to_owned()), required).err();
         assert!(matches!(check("{nope", false), Some(ScanError::Json(_))));
         assert!(matches!(check("", false), Some(ScanError::Json(_))));
-        assert!(matches!(check(r#"{"model":"m"} x"#, false), Some(ScanError::Json(_))));
-        assert!(matches!(check(r#"{"model":"m","a":[1,]}"#, false), Some(ScanError::Json(_))));
-        assert!(matches!(check("{\"model\":\"m\",\"a\":\"\u{1}\"}", false), Some(ScanError::Json(_))));
+        assert!(matches!(
+            check(r#"{"model":"m"} x"#, false),
+            Some(ScanError::Json(_))
+        ));
+        assert!(matches!(
+            check(r#"{"model":"m","a":[1,]}"#, false),
+            Some(ScanError::Json(_))
+        ));
+        assert!(matches!(
+            check("{\"model\":\"m\",\"a\":\"\u{1}\"}", false),
+            Some(ScanError::Json(_))
+        ));
         let bad_utf8 = Bytes::from_static(b"{\"model\":\"m\",\"a\":\"\xff\"}");
-        assert!(matches!(scan(&bad_utf8, false).err(), Some(ScanError::Json(_))));
+        assert!(matches!(
+            scan(&bad_utf8, false).err(),
+            Some(ScanError::Json(_))
+        ));
         for not_object in ["[1]", " 1 ", "\"s\"", "null"] {
-            assert_eq!(check(not_object, false), Some(ScanError::NotAnObject), "{not_object}");
+            assert_eq!(
+                check(not_object, false),
+                Some(ScanError::NotAnObject),
+                "{not_object}"
+            );
         }
         for (body, field) in [
             (r#"{"messages":[]}"#, "model"),
@@ -478,19 +508,33 @@ mod tests {
             (r#"{"model":"m","messages":"hi"}"#, "messages"),
             (r#"{"model":"m","messages":[],"stream":"yes"}"#, "stream"),
             (r#"{"model":"m","messages":[],"stream":1}"#, "stream"),
-            (r#"{"model":"m","messages":[],"stream":true,"stream_options":"x"}"#, "stream_options"),
-            (r#"{"model":"m","messages":[],"stream_options":[]}"#, "stream_options"),
-            (r#"{"model":"m","messages":[],"stream_options":false}"#, "stream_options"),
+            (
+                r#"{"model":"m","messages":[],"stream":true,"stream_options":"x"}"#,
+                "stream_options",
+            ),
+            (
+                r#"{"model":"m","messages":[],"stream_options":[]}"#,
+                "stream_options",
+            ),
+            (
+                r#"{"model":"m","messages":[],"stream_options":false}"#,
+                "stream_options",
+            ),
             // The first problem in the historical order wins.
             (r#"{"model":1,"stream":"x"}"#, "model"),
             (r#"{"model":"m","stream":"x"}"#, "messages"),
         ] {
-            assert_eq!(check(body, true).map(|e| e.to_string()), Some(format!("invalid `{field}`")), "{body}");
+            assert_eq!(
+                check(body, true).map(|e| e.to_string()),
+                Some(format!("invalid `{field}`")),
+                "{body}"
+            );
         }
         // Without the chat rule, messages may be anything or absent.
         assert!(check(r#"{"model":"m","messages":"x"}"#, false).is_none());
-        let body =
-            Bytes::from_static(br#" { "model" : "m" , "stream" : null , "stream_options" : null } "#);
+        let body = Bytes::from_static(
+            br#" { "model" : "m" , "stream" : null , "stream_options" : null } "#,
+        );
         let ok = scan(&body, false).expect("valid");
         assert!(!ok.stream() && !ok.include_usage());
     }
@@ -500,10 +544,19 @@ mod tests {
         for (body, key) in [
             (r#"{"model":"a","model":"b","messages":[]}"#, "model"),
             (r#"{"model":"a","m\u006fdel":"b","messages":[]}"#, "model"),
-            (r#"{"model":"a","messages":[],"stream":false,"stream":true}"#, "stream"),
+            (
+                r#"{"model":"a","messages":[],"stream":false,"stream":true}"#,
+                "stream",
+            ),
             (r#"{"model":"a","messages":[],"messages":[]}"#, "messages"),
-            (r#"{"model":"a","messages":[],"tools":[],"tools":[]}"#, "tools"),
-            (r#"{"model":"a","messages":[],"stream_options":{},"stream_options":{}}"#, "stream_options"),
+            (
+                r#"{"model":"a","messages":[],"tools":[],"tools":[]}"#,
+                "tools",
+            ),
+            (
+                r#"{"model":"a","messages":[],"stream_options":{},"stream_options":{}}"#,
+                "stream_options",
+            ),
             (
                 r#"{"model":"a","messages":[],"stream_options":{"include_usage":false,"include_usage":true}}"#,
                 "stream_options.include_usage",
@@ -513,7 +566,10 @@ mod tests {
             assert_eq!(r, Some(ScanError::Duplicate(key)), "{body}");
         }
         let other = Bytes::from_static(br#"{"model":"a","messages":[],"seed":1,"seed":2}"#);
-        assert!(scan(&other, true).is_ok(), "keys the gateway does not read are the server's business");
+        assert!(
+            scan(&other, true).is_ok(),
+            "keys the gateway does not read are the server's business"
+        );
     }
 
     #[test]
@@ -536,9 +592,18 @@ mod tests {
     #[test]
     fn stream_options_are_rewritten_in_place() {
         for (before, after) in [
-            (r#"{"model":"m","stream_options":null}"#, r#"{"model":"m","stream_options":{"include_usage":true}}"#),
-            (r#"{"model":"m","stream_options":{}}"#, r#"{"model":"m","stream_options":{"include_usage":true}}"#),
-            (r#"{"model":"m","stream_options":{ }}"#, r#"{"model":"m","stream_options":{ "include_usage":true}}"#),
+            (
+                r#"{"model":"m","stream_options":null}"#,
+                r#"{"model":"m","stream_options":{"include_usage":true}}"#,
+            ),
+            (
+                r#"{"model":"m","stream_options":{}}"#,
+                r#"{"model":"m","stream_options":{"include_usage":true}}"#,
+            ),
+            (
+                r#"{"model":"m","stream_options":{ }}"#,
+                r#"{"model":"m","stream_options":{ "include_usage":true}}"#,
+            ),
             (
                 r#"{"model":"m","stream_options":{"continuous_usage_stats":true}}"#,
                 r#"{"model":"m","stream_options":{"continuous_usage_stats":true,"include_usage":true}}"#,
@@ -551,8 +616,14 @@ mod tests {
                 r#"{"model":"m","stream_options":{"include_usage":{"deep":[1,2]}}}"#,
                 r#"{"model":"m","stream_options":{"include_usage":true}}"#,
             ),
-            ("{\"model\":\"m\"}\n", "{\"model\":\"m\",\"stream_options\":{\"include_usage\":true}}\n"),
-            ("{\"model\":\"m\" \n}", "{\"model\":\"m\" \n,\"stream_options\":{\"include_usage\":true}}"),
+            (
+                "{\"model\":\"m\"}\n",
+                "{\"model\":\"m\",\"stream_options\":{\"include_usage\":true}}\n",
+            ),
+            (
+                "{\"model\":\"m\" \n}",
+                "{\"model\":\"m\" \n,\"stream_options\":{\"include_usage\":true}}",
+            ),
         ] {
             let body = Bytes::from(before);
             let s = scan(&body, false).expect("valid");
@@ -569,7 +640,11 @@ mod tests {
             model: Some("m"),
             include_usage: true,
         });
-        assert_eq!(out.as_ptr(), body.as_ptr(), "nothing to change: the same buffer");
+        assert_eq!(
+            out.as_ptr(),
+            body.as_ptr(),
+            "nothing to change: the same buffer"
+        );
     }
 
     #[test]
@@ -596,8 +671,14 @@ mod tests {
             Just("true".to_string()),
             Just("false".to_string()),
             prop::sample::select(vec![
-                "0", "-0", "18446744073709551615", "-9223372036854775809", "1e400", "0.70",
-                "1E-7", "123456789012345678901234567890.5",
+                "0",
+                "-0",
+                "18446744073709551615",
+                "-9223372036854775809",
+                "1e400",
+                "0.70",
+                "1E-7",
+                "123456789012345678901234567890.5",
             ])
             .prop_map(str::to_owned),
             any::<i64>().prop_map(|n| n.to_string()),
@@ -606,7 +687,8 @@ mod tests {
         ];
         leaf.prop_recursive(4, 32, 5, |inner| {
             prop_oneof![
-                (prop::collection::vec(inner.clone(), 0..5), ws()).prop_map(|(v, w)| format!("[{w}{}]", v.join(","))),
+                (prop::collection::vec(inner.clone(), 0..5), ws())
+                    .prop_map(|(v, w)| format!("[{w}{}]", v.join(","))),
                 (prop::collection::vec(("[a-z_]{1,8}", inner), 0..5), ws()).prop_map(|(v, w)| {
                     // Unique keys: the reference (a `Value`) keeps only the last duplicate.
                     let mut seen = std::collections::HashSet::new();
@@ -676,32 +758,52 @@ mod tests {
                 Some(r#"{ "continuous_usage_stats" : [1e400] , "include_usage" : "yes" }"#),
             ]),
             prop::option::of(r#"\[\{"type":"function","function":\{"name":"[a-z_]{1,8}"\}\}\]"#),
-            prop::sample::select(vec![None, Some(r#""auto""#), Some(r#"{"type":"function","function":{"name":"x"}}"#)]),
+            prop::sample::select(vec![
+                None,
+                Some(r#""auto""#),
+                Some(r#"{"type":"function","function":{"name":"x"}}"#),
+            ]),
             prop::collection::vec(("[a-z_]{1,10}", json_text()), 0..6),
             ws(),
         )
-            .prop_flat_map(|(model, escaped, alias, stream, options, tools, choice, extra, ws)| {
-                let mut members = vec![
-                    ("model".to_string(), escape(&model, escaped)),
-                    ("messages".to_string(), r#"[{"role":"user","content":"hi"}]"#.to_string()),
-                ];
-                let named = [("stream", stream), ("stream_options", options), ("tool_choice", choice)];
-                for (k, v) in named {
-                    if let Some(v) = v {
-                        members.push((k.to_string(), v.to_string()));
+            .prop_flat_map(
+                |(model, escaped, alias, stream, options, tools, choice, extra, ws)| {
+                    let mut members = vec![
+                        ("model".to_string(), escape(&model, escaped)),
+                        (
+                            "messages".to_string(),
+                            r#"[{"role":"user","content":"hi"}]"#.to_string(),
+                        ),
+                    ];
+                    let named = [
+                        ("stream", stream),
+                        ("stream_options", options),
+                        ("tool_choice", choice),
+                    ];
+                    for (k, v) in named {
+                        if let Some(v) = v {
+                            members.push((k.to_string(), v.to_string()));
+                        }
                     }
-                }
-                if let Some(t) = tools {
-                    members.push(("tools".to_string(), t));
-                }
-                for (k, v) in extra {
-                    if !READ_KEYS.contains(&k.as_str()) && members.iter().all(|(m, _)| *m != k) {
-                        members.push((k, v));
+                    if let Some(t) = tools {
+                        members.push(("tools".to_string(), t));
                     }
-                }
-                let model_text = members[0].1.clone();
-                (Just(members).prop_shuffle(), Just(model), Just(model_text), Just(alias), Just(ws))
-            })
+                    for (k, v) in extra {
+                        if !READ_KEYS.contains(&k.as_str()) && members.iter().all(|(m, _)| *m != k)
+                        {
+                            members.push((k, v));
+                        }
+                    }
+                    let model_text = members[0].1.clone();
+                    (
+                        Just(members).prop_shuffle(),
+                        Just(model),
+                        Just(model_text),
+                        Just(alias),
+                        Just(ws),
+                    )
+                },
+            )
             .prop_map(|(members, model, model_text, aliased, ws)| Req {
                 model,
                 model_text,
@@ -713,8 +815,11 @@ mod tests {
 
     fn body_of(r: &Req) -> String {
         let w = r.ws;
-        let members: Vec<String> =
-            r.members.iter().map(|(k, v)| format!("{w}\"{k}\"{w}:{w}{v}")).collect();
+        let members: Vec<String> = r
+            .members
+            .iter()
+            .map(|(k, v)| format!("{w}\"{k}\"{w}:{w}{v}"))
+            .collect();
         format!("{w}{{{}{w}}}{w}", members.join(","))
     }
 

@@ -239,7 +239,7 @@ pin_project! {
         inner: S,
         scanner: Scanner,
         phase: Phase,
-        // Empty (and unallocated) except around a BOM prefix or a violation.
+        // Used (and allocated) only around a BOM prefix or a violation.
         queue: VecDeque<Out>,
     }
 }
@@ -253,19 +253,24 @@ impl<S> SseGuard<S> {
             queue: VecDeque::new(),
         }
     }
-}
 
-impl<S> SseGuard<S> {
-    /// Scan `chunk` and queue what may pass; the stream ends on a violation.
-    fn pass(scanner: &mut Scanner, phase: &mut Phase, queue: &mut VecDeque<Out>, chunk: Bytes) {
+    /// Scan `chunk`: it may pass whole (returned), or its valid part and the violation are
+    /// queued and the stream ends.
+    fn pass(
+        scanner: &mut Scanner,
+        phase: &mut Phase,
+        queue: &mut VecDeque<Out>,
+        chunk: Bytes,
+    ) -> Option<Bytes> {
         match scanner.feed(&chunk) {
-            Ok(()) => queue.push_back(Out::Chunk(chunk)),
+            Ok(()) => Some(chunk),
             Err((at, why)) => {
                 if at > 0 {
                     queue.push_back(Out::Chunk(chunk.slice(..at)));
                 }
                 queue.push_back(Out::Fail(why));
                 *phase = Phase::Ended;
+                None
             }
         }
     }
@@ -301,11 +306,7 @@ where
                 Some(Ok(mut chunk)) => {
                     if let Phase::Start(held) = *this.phase {
                         let want = &BOM[held..];
-                        let n = chunk
-                            .iter()
-                            .zip(want)
-                            .take_while(|(a, b)| a == b)
-                            .count();
+                        let n = chunk.iter().zip(want).take_while(|(a, b)| a == b).count();
                         if n == want.len() {
                             chunk = chunk.slice(n..);
                             *this.phase = Phase::Body;
@@ -316,12 +317,21 @@ where
                             *this.phase = Phase::Body;
                             if held > 0 {
                                 let prefix = Bytes::from_static(&BOM[..held]);
-                                Self::pass(this.scanner, this.phase, this.queue, prefix);
+                                if let Some(p) =
+                                    Self::pass(this.scanner, this.phase, this.queue, prefix)
+                                {
+                                    this.queue.push_back(Out::Chunk(p));
+                                }
                             }
                         }
                     }
                     if *this.phase != Phase::Ended && !chunk.is_empty() {
-                        Self::pass(this.scanner, this.phase, this.queue, chunk);
+                        if let Some(c) = Self::pass(this.scanner, this.phase, this.queue, chunk) {
+                            if this.queue.is_empty() {
+                                return Poll::Ready(Some(Ok(c)));
+                            }
+                            this.queue.push_back(Out::Chunk(c));
+                        }
                     }
                 }
                 None => {
@@ -329,7 +339,11 @@ where
                         // A BOM prefix and then nothing: not even a full character.
                         if held > 0 {
                             let prefix = Bytes::from_static(&BOM[..held]);
-                            Self::pass(this.scanner, this.phase, this.queue, prefix);
+                            if let Some(p) =
+                                Self::pass(this.scanner, this.phase, this.queue, prefix)
+                            {
+                                this.queue.push_back(Out::Chunk(p));
+                            }
                         }
                     }
                     if *this.phase != Phase::Ended {
@@ -616,7 +630,10 @@ mod tests {
             for chunks in splits(bytes) {
                 let (got, err) = run(chunks.clone(), 1024);
                 assert!(got.is_empty(), "{chunks:?}");
-                assert!(matches!(err, Some(SseGuardError::InvalidUtf8)), "{chunks:?}");
+                assert!(
+                    matches!(err, Some(SseGuardError::InvalidUtf8)),
+                    "{chunks:?}"
+                );
             }
         }
     }
