@@ -13,7 +13,9 @@
 
 pub mod prepare;
 pub mod pump;
+pub mod request_scan;
 pub mod retry;
+pub mod sse_guard;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,14 +1,16 @@
-//! Reading and preparing the client's request: bounded body, JSON checks, alias rewrite,
-//! usage injection for streams, and the header allowlist for upstream.
+//! Reading and preparing the client's request: bounded body (copied at most once), JSON
+//! checks, alias rewrite, usage injection for streams (both by splicing, see
+//! [`request_scan`]), and the header allowlist for upstream.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use super::request_scan::{self, Field, Rewrite, ScanError};
 use super::Endpoint;
 use crate::error::GatewayError;
 
@@ -36,17 +38,63 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(GatewayError::BodyTooLarge(max));
     }
-    match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
+    match tokio::time::timeout(timeout, collect(body, declared, max)).await {
         Err(_) => Err(GatewayError::BodyTimeout),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(GatewayError::BodyTooLarge(max))
-        }
-        Ok(Err(_)) => Err(GatewayError::InvalidRequest {
+        Ok(r) => r,
+    }
+}
+
+/// The body in one buffer, copied at most once: a body that arrives in one frame is kept
+/// as it came, a longer one goes into a buffer sized from Content-Length (hyper enforces
+/// that length, so the buffer never grows). `collect()` would hold the frames and then copy
+/// them: twice the body at the peak.
+async fn collect<B>(mut body: B, declared: Option<u64>, max: usize) -> Result<Bytes, GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    enum Acc {
+        Empty,
+        One(Bytes),
+        Many(Vec<u8>),
+    }
+    let expected = declared.map_or(0, |n| usize::try_from(n).unwrap_or(max).min(max));
+    let mut acc = Acc::Empty;
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| GatewayError::InvalidRequest {
             message: "The request body could not be read.".into(),
             param: None,
-        }),
+        })?;
+        // Trailers carry nothing the gateway forwards.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        len += data.len();
+        if len > max {
+            return Err(GatewayError::BodyTooLarge(max));
+        }
+        acc = match acc {
+            Acc::Empty => Acc::One(data),
+            Acc::One(first) => {
+                let mut buf = Vec::with_capacity(expected.max(len));
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&data);
+                Acc::Many(buf)
+            }
+            Acc::Many(mut buf) => {
+                buf.extend_from_slice(&data);
+                Acc::Many(buf)
+            }
+        };
     }
+    Ok(match acc {
+        Acc::Empty => Bytes::new(),
+        Acc::One(b) => b,
+        Acc::Many(buf) => Bytes::from(buf),
+    })
 }
 
 /// What the proxy needs to know about one request.
@@ -63,94 +111,27 @@ pub struct Prepared {
     pub body: Bytes,
 }
 
+/// Check the body and rewrite what the gateway must (served model name, usage chunk for
+/// streams) without parsing it into a document: see [`request_scan`].
 pub fn prepare(
     ep: Endpoint,
     raw: Bytes,
     aliases: &std::collections::BTreeMap<String, String>,
 ) -> Result<Prepared, GatewayError> {
-    let mut json: Value = serde_json::from_slice(&raw)
-        .map_err(|e| GatewayError::InvalidJson(short_json_error(&e)))?;
-    let Some(obj) = json.as_object_mut() else {
-        return Err(GatewayError::InvalidRequest {
-            message: "The request body must be a JSON object.".into(),
-            param: None,
-        });
-    };
-    let model = match obj.get("model") {
-        Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
-        _ => {
-            return Err(GatewayError::InvalidRequest {
-                message: "You must provide a model parameter.".into(),
-                param: Some("model"),
-            })
-        }
-    };
-    if ep == Endpoint::Chat && !obj.get("messages").is_some_and(Value::is_array) {
-        return Err(GatewayError::InvalidRequest {
-            message: "'messages' must be a list of messages.".into(),
-            param: Some("messages"),
-        });
-    }
-    let stream = match obj.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b && ep.can_stream(),
-        Some(_) => {
-            return Err(GatewayError::InvalidRequest {
-                message: "'stream' must be a boolean.".into(),
-                param: Some("stream"),
-            })
-        }
-    };
-    if !matches!(
-        obj.get("stream_options"),
-        None | Some(Value::Null) | Some(Value::Object(_))
-    ) {
-        return Err(GatewayError::InvalidRequest {
-            message: "'stream_options' must be an object.".into(),
-            param: Some("stream_options"),
-        });
-    }
+    let scan = request_scan::scan(&raw, ep == Endpoint::Chat).map_err(scan_error)?;
+    let model = scan.model().to_owned();
+    let stream = scan.stream() && ep.can_stream();
     let served = aliases
         .get(&model)
         .cloned()
         .unwrap_or_else(|| model.clone());
-    let mut modified = false;
-    if served != model {
-        obj.insert("model".into(), Value::String(served.clone()));
-        modified = true;
-    }
-    let mut client_wants_usage = false;
-    if stream && ep.reports_usage() {
-        let opts = obj.entry("stream_options").or_insert_with(|| json!({}));
-        if opts.is_null() {
-            *opts = json!({});
-        }
-        client_wants_usage = opts.get("include_usage") == Some(&Value::Bool(true));
-        if !client_wants_usage {
-            opts["include_usage"] = Value::Bool(true);
-            modified = true;
-        }
-    }
-    let tool_fields = obj.contains_key("tools").then(|| {
-        let mut m = serde_json::Map::new();
-        for k in [
-            "tools",
-            "tool_choice",
-            "response_format",
-            "structured_outputs",
-            "guided_json",
-        ] {
-            if let Some(v) = obj.get(k) {
-                m.insert(k.to_owned(), v.clone());
-            }
-        }
-        Value::Object(m)
+    let inject_usage = stream && ep.reports_usage();
+    let client_wants_usage = inject_usage && scan.include_usage();
+    let body = scan.rewrite(&Rewrite {
+        model: Some(&served),
+        include_usage: inject_usage && !client_wants_usage,
     });
-    let body = if modified {
-        Bytes::from(serde_json::to_vec(&json).map_err(|_| GatewayError::Internal)?)
-    } else {
-        raw
-    };
+    let tool_fields = scan.tool_fields().map_err(scan_error)?;
     Ok(Prepared {
         model,
         served,
@@ -161,9 +142,31 @@ pub fn prepare(
     })
 }
 
-fn short_json_error(e: &serde_json::Error) -> String {
-    let msg = e.to_string();
-    msg.chars().take(200).collect()
+/// The client-facing error for a rejected body; messages as before the scanner existed.
+fn scan_error(e: ScanError) -> GatewayError {
+    let invalid = |message: String, param| GatewayError::InvalidRequest { message, param };
+    match e {
+        ScanError::Json(why) => GatewayError::InvalidJson(why),
+        ScanError::TooDeep => GatewayError::InvalidJson(format!(
+            "nesting deeper than {} levels",
+            request_scan::MAX_DEPTH
+        )),
+        ScanError::NotAnObject => invalid("The request body must be a JSON object.".into(), None),
+        ScanError::Duplicate(path) => invalid(
+            format!("The key '{path}' appears more than once in the request body."),
+            path.split('.').next(),
+        ),
+        ScanError::Invalid(field) => invalid(
+            match field {
+                Field::Model => "You must provide a model parameter.",
+                Field::Messages => "'messages' must be a list of messages.",
+                Field::Stream => "'stream' must be a boolean.",
+                Field::StreamOptions => "'stream_options' must be an object.",
+            }
+            .into(),
+            Some(field.name()),
+        ),
+    }
 }
 
 /// Headers for the upstream request: the allowlisted client headers and the request id.
@@ -259,6 +262,64 @@ mod tests {
                 _ => panic!("{} accepted", String::from_utf8_lossy(body)),
             }
         }
+    }
+
+    #[test]
+    fn duplicates_and_depth_bombs_are_client_errors() {
+        let none = BTreeMap::new();
+        match prepare(
+            Endpoint::Chat,
+            Bytes::from_static(br#"{"model":"a","messages":[],"model":"b"}"#),
+            &none,
+        ) {
+            Err(GatewayError::InvalidRequest {
+                param: Some("model"),
+                ..
+            }) => {}
+            _ => panic!("duplicate model accepted"),
+        }
+        let bomb = format!(r#"{{"model":"m","messages":{}}}"#, "[".repeat(1_000_000));
+        assert!(matches!(
+            prepare(Endpoint::Chat, Bytes::from(bomb), &none),
+            Err(GatewayError::InvalidJson(_))
+        ));
+    }
+
+    fn frames(parts: &[&'static [u8]]) -> impl http_body::Body<Data = Bytes> + Unpin {
+        let frames: Vec<Result<_, std::convert::Infallible>> = parts
+            .iter()
+            .map(|p| Ok(http_body::Frame::data(Bytes::from_static(p))))
+            .collect();
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn bodies_are_copied_at_most_once_and_bounded() {
+        let one: &'static [u8] = br#"{"model":"m"}"#;
+        let got = collect(frames(&[one]), Some(one.len() as u64), 100)
+            .await
+            .expect("read");
+        assert_eq!(got.as_ptr(), one.as_ptr(), "a one-frame body is not copied");
+        let got = collect(
+            frames(&[b"{\"mo", b"", b"del\":", b"\"m\"}"]),
+            Some(13),
+            100,
+        )
+        .await
+        .expect("read");
+        assert_eq!(&got[..], one);
+        let got = collect(frames(&[b"{\"mo", b"del\":\"m\"}"]), None, 100)
+            .await
+            .expect("read without a length");
+        assert_eq!(&got[..], one);
+        assert!(matches!(
+            collect(frames(&[b"{\"mo", b"del\":\"m\"}"]), None, 12).await,
+            Err(GatewayError::BodyTooLarge(12))
+        ));
+        assert_eq!(
+            collect(frames(&[]), Some(0), 10).await.ok(),
+            Some(Bytes::new())
+        );
     }
 
     #[test]

@@ -15,12 +15,16 @@
 //! one SSE error event in the OpenAI shape followed by `[DONE]` (upstream reset, bad bytes,
 //! idle timeout, server found dead, cancellation, a crashed stream actor). A mid-stream
 //! failure never flushes held tool-call text with a finish the server never sent.
+//!
+//! Upstream SSE goes through [`SseGuard`] before the parser: invalid UTF-8 or an event over
+//! `SSE_MAX_EVENT_BYTES` ends the stream at once (`upstream_invalid_stream`), and a last
+//! `data: [DONE]` without its blank line is still a clean end.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use eventsource_stream::Eventsource;
+use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt};
 use http::{header, HeaderValue, Response, StatusCode};
 use llmmux_actors::backend::{BackendHandle, Observed};
@@ -30,6 +34,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{warn, Instrument};
 
+use super::sse_guard::{SseGuard, SseGuardError};
 use super::{Endpoint, Proxy, StreamGuards};
 use crate::body::{Body, ChannelBody};
 use crate::config::Config;
@@ -89,6 +94,7 @@ pub async fn start_stream(
         dead: backend.liveness(),
         backend,
         idle: cfg.stream_idle_timeout,
+        max_event_bytes: cfg.sse_max_event_bytes,
         keepalive: cfg.stream_keepalive_interval,
         probe_every: cfg.on_demand_probe_interval,
         deadline: relay.deadline,
@@ -139,6 +145,8 @@ struct Pump {
     backend: Arc<BackendHandle>,
     dead: CancellationToken,
     idle: Duration,
+    /// `SSE_MAX_EVENT_BYTES`: the most one upstream event may hold.
+    max_event_bytes: usize,
     keepalive: Duration,
     probe_every: Duration,
     deadline: Instant,
@@ -153,6 +161,28 @@ struct Pump {
     /// Chunks with generated content: the completion-token estimate of a stream cut short
     /// before vLLM's usage chunk (vLLM sends one token per chunk).
     content_chunks: u64,
+}
+
+/// How reading the upstream failed: the client's error event and the outcome's reason.
+type Failure = (GatewayError, &'static str);
+
+fn transport_failure(_: reqwest::Error) -> Failure {
+    (GatewayError::UpstreamFailed, "upstream_reset")
+}
+
+fn sse_failure(e: EventStreamError<SseGuardError<reqwest::Error>>) -> Failure {
+    match e {
+        EventStreamError::Transport(SseGuardError::Upstream(e)) => transport_failure(e),
+        // The guard validates UTF-8 before the parser sees a byte; the parser's own check
+        // is kept as a backstop.
+        EventStreamError::Transport(SseGuardError::InvalidUtf8) | EventStreamError::Utf8(_) => {
+            (GatewayError::UpstreamProtocol, "invalid_utf8")
+        }
+        EventStreamError::Transport(SseGuardError::EventTooLarge { .. }) => {
+            (GatewayError::UpstreamProtocol, "event_too_large")
+        }
+        EventStreamError::Parser(_) => (GatewayError::UpstreamProtocol, "invalid_sse"),
+    }
 }
 
 /// Why the pump stopped reading, or what it should do next.
@@ -197,9 +227,9 @@ fn usage_of(data: &str) -> Option<(u64, u64)> {
 }
 
 impl Pump {
-    async fn next<S, T, E>(&mut self, s: &mut S, ctx: &PumpCtx) -> Step<T>
+    async fn next<S, T>(&mut self, s: &mut S, ctx: &PumpCtx) -> Step<T>
     where
-        S: Stream<Item = Result<T, E>> + Unpin,
+        S: Stream<Item = Result<T, Failure>> + Unpin,
     {
         // Before the first event only liveness and the deadline bound the wait (a long
         // prefill on a busy GPU); after it, the idle timeout does.
@@ -217,7 +247,7 @@ impl Pump {
                 _ = self.dead.cancelled() => Step::Failed(GatewayError::UpstreamDown, "upstream_down"),
                 r = s.next() => match r {
                     None => Step::End,
-                    Some(Err(_)) => Step::Failed(GatewayError::UpstreamFailed, "upstream_reset"),
+                    Some(Err((e, why))) => Step::Failed(e, why),
                     Some(Ok(item)) => {
                         self.started = true;
                         Step::Item(item)
@@ -269,7 +299,9 @@ impl Pump {
     where
         S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
     {
-        let mut events = upstream.eventsource();
+        let mut events = SseGuard::new(upstream, self.max_event_bytes)
+            .eventsource()
+            .map(|r| r.map_err(sse_failure));
         loop {
             match self.next(&mut events, ctx).await {
                 Step::Item(ev) => {
@@ -335,10 +367,11 @@ impl Pump {
         }
     }
 
-    async fn run_raw<S>(mut self, mut upstream: S, ctx: &PumpCtx)
+    async fn run_raw<S>(mut self, upstream: S, ctx: &PumpCtx)
     where
         S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
     {
+        let mut upstream = upstream.map(|r| r.map_err(transport_failure));
         loop {
             match self.next(&mut upstream, ctx).await {
                 Step::Item(b) => {
