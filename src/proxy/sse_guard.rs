@@ -415,13 +415,26 @@ mod tests {
         out
     }
 
-    /// Every way to cut `bytes` in two, and one chunk per byte.
-    fn splits(bytes: &[u8]) -> Vec<Vec<Vec<u8>>> {
+    /// Every way to cut `bytes` in two, one chunk per byte, and a cut at each of `cuts`.
+    fn splits(bytes: &[u8], cuts: &[prop::sample::Index]) -> Vec<Vec<Vec<u8>>> {
         let mut all: Vec<Vec<Vec<u8>>> = (0..=bytes.len())
             .map(|i| vec![bytes[..i].to_vec(), bytes[i..].to_vec()])
             .collect();
         all.push(bytes.iter().map(|b| vec![*b]).collect());
+        let mut at: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+        at.sort_unstable();
+        let mut from = 0;
+        let mut multi = Vec::new();
+        for i in at.into_iter().chain([bytes.len()]) {
+            multi.push(bytes[from..i].to_vec());
+            from = i;
+        }
+        all.push(multi);
         all
+    }
+
+    fn cuts() -> impl Strategy<Value = Vec<prop::sample::Index>> {
+        prop::collection::vec(any::<prop::sample::Index>(), 0..16)
     }
 
     /// An outcome as comparable text.
@@ -511,13 +524,14 @@ mod tests {
             evs in prop::collection::vec(ev(), 1..4),
             last_blank in any::<bool>(),
             last_eol in any::<bool>(),
+            cuts in cuts(),
         ) {
             let (text, _) = render(&evs, last_blank, last_eol);
             let want = expected(&evs);
             let whole = run(vec![text.clone().into_bytes()], 1 << 20);
             prop_assert_eq!(&whole.0, &want, "one chunk: {:?}", text);
             prop_assert!(whole.1.is_none());
-            for chunks in splits(text.as_bytes()) {
+            for chunks in splits(text.as_bytes(), &cuts) {
                 let got = run(chunks.clone(), 1 << 20);
                 prop_assert_eq!(flat(&got), flat(&whole), "{:?}", chunks);
             }
@@ -531,6 +545,7 @@ mod tests {
                 &b"\xFF"[..], b"\xC3A", b"\xE2\x82A", b"\xC0\x80", b"\xED\xA0\x80",
                 b"\xF4\x90\x80\x80", b"\x80", b"\xF0\x9F\x98",
             ]),
+            cuts in cuts(),
         ) {
             let (text, _) = render(&evs, true, true);
             let boundaries: Vec<usize> =
@@ -548,7 +563,7 @@ mod tests {
                 .collect::<Vec<_>>()
                 .now_or_never()
                 .unwrap_or_default();
-            for chunks in splits(&bytes) {
+            for chunks in splits(&bytes, &cuts) {
                 let (got, err) = run(chunks.clone(), 1 << 20);
                 prop_assert!(matches!(err, Some(SseGuardError::InvalidUtf8)), "{:?}: {:?}", chunks, err);
                 prop_assert_eq!(&got, &prefix, "{:?}", chunks);
@@ -560,11 +575,12 @@ mod tests {
         fn event_size_is_capped(
             evs in prop::collection::vec(ev(), 1..5),
             max in 8usize..60,
+            cuts in cuts(),
         ) {
             let (text, sizes) = render(&evs, true, true);
             let want = expected(&evs);
             let first_big = sizes.iter().position(|s| *s > max);
-            for chunks in splits(text.as_bytes()) {
+            for chunks in splits(text.as_bytes(), &cuts) {
                 let (got, err) = run(chunks.clone(), max);
                 match first_big {
                     Some(k) => {
@@ -591,7 +607,7 @@ mod tests {
             "data: [DONE]\r\r",
             "data: a\n\ndata: [DONE]\r\n",
         ] {
-            for chunks in splits(text.as_bytes()) {
+            for chunks in splits(text.as_bytes(), &[]) {
                 let (got, err) = run(chunks.clone(), 1024);
                 assert_eq!(got.last().map(String::as_str), Some("[DONE]"), "{chunks:?}");
                 assert!(err.is_none());
@@ -606,7 +622,7 @@ mod tests {
     #[test]
     fn multibyte_characters_split_anywhere_pass() {
         let text = "data: é€😀 ok 😀\n\n";
-        for chunks in splits(text.as_bytes()) {
+        for chunks in splits(text.as_bytes(), &[]) {
             let (got, err) = run(chunks, 1024);
             assert_eq!(got, vec!["é€😀 ok 😀".to_string()]);
             assert!(err.is_none());
@@ -620,14 +636,14 @@ mod tests {
     #[test]
     fn a_leading_bom_is_stripped_wherever_the_chunks_split() {
         let text = "\u{feff}data: a\n\ndata: b\n\n";
-        for chunks in splits(text.as_bytes()) {
+        for chunks in splits(text.as_bytes(), &[]) {
             let (got, err) = run(chunks.clone(), 1024);
             assert_eq!(got, vec!["a".to_string(), "b".to_string()], "{chunks:?}");
             assert!(err.is_none());
         }
         // A BOM prefix that turns out not to be one is invalid UTF-8.
         for bytes in [&b"\xEF\xBBdata: a\n\n"[..], b"\xEF", b"\xEF\xBB"] {
-            for chunks in splits(bytes) {
+            for chunks in splits(bytes, &[]) {
                 let (got, err) = run(chunks.clone(), 1024);
                 assert!(got.is_empty(), "{chunks:?}");
                 assert!(
@@ -650,6 +666,35 @@ mod tests {
             Some(Err(SseGuardError::Upstream("reset")))
         ));
         assert!(matches!(guard.next().now_or_never(), Some(None)));
+    }
+
+    #[test]
+    fn state_is_constant_and_every_chunk_passes_uncopied() {
+        const EVENT: &[u8] = "data: {\"content\":\"é€😀\"}\r\n\r\n".as_bytes();
+        // Cuts at every offset: inside characters, between CR and LF, inside the blank line.
+        let chunks: Vec<Bytes> = (0..10_000)
+            .flat_map(|i| {
+                let cut = i % EVENT.len();
+                [
+                    Bytes::from_static(&EVENT[..cut]),
+                    Bytes::from_static(&EVENT[cut..]),
+                ]
+            })
+            .filter(|c| !c.is_empty())
+            .collect();
+        let upstream = futures_util::stream::iter(chunks.clone().into_iter().map(Ok::<_, ()>));
+        let mut guard = SseGuard::new(upstream, EVENT.len());
+        for sent in &chunks {
+            let got = guard.next().now_or_never().flatten();
+            assert!(
+                matches!(&got, Some(Ok(b)) if b.as_ptr() == sent.as_ptr() && b.len() == sent.len()),
+                "{got:?}"
+            );
+        }
+        assert!(matches!(guard.next().now_or_never(), Some(None)));
+        // The only heap-backed state was never used; the rest is a few words.
+        assert_eq!(guard.queue.capacity(), 0);
+        assert!(std::mem::size_of::<Scanner>() <= 64);
     }
 
     #[test]
