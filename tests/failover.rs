@@ -176,7 +176,23 @@ async fn a_slow_first_token_from_a_live_server_succeeds_with_keepalive_comments(
         started.elapsed() < Duration::from_millis(2_500),
         "headers sent once the server accepted, not after the first token"
     );
-    let body = resp.text().await.expect("body");
+    // The first comment comes with the headers: the client never waits more than one
+    // interval for a byte once the server accepted the request.
+    let mut resp = resp;
+    let first = resp
+        .chunk()
+        .await
+        .expect("first bytes")
+        .expect("some bytes");
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "a byte within one interval of the headers"
+    );
+    let mut body = String::from_utf8_lossy(&first).into_owned();
+    assert!(body.starts_with(": keep-alive"), "{body:?}");
+    while let Some(chunk) = resp.chunk().await.expect("body") {
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
     let comments = body.matches(": keep-alive\n\n").count();
     assert!(comments >= 3, "{comments} keep-alive comments in {body:?}");
     assert!(body.ends_with("data: [DONE]\n\n") && !body.contains("\"error\""));
@@ -270,5 +286,52 @@ async fn slow_uploads_hold_no_capacity() {
         assert_eq!(r.status(), 200, "slow uploaders hold no MAX_IN_FLIGHT slot");
     }
     drop(slow);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_is_flowing_is_not_cut_by_a_failed_probe() {
+    let s = sim_with(&["m"], |c| {
+        c.completion_tokens = 40;
+        c.token_delay_ms = 50;
+    })
+    .await;
+    let app = gateway(&[
+        ("BACKENDS", backends("m", &[&s])),
+        ("ON_DEMAND_PROBE_INTERVAL", "100".into()),
+        ("HEALTH_CHECK_INTERVAL", "100".into()),
+    ])
+    .await;
+    all_healthy(&app).await;
+    let mut resp = client()
+        .post(url(&app, "/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&chat("m", true))
+        .send()
+        .await
+        .expect("sent");
+    let mut body = String::new();
+    body.push_str(&String::from_utf8_lossy(
+        &resp.chunk().await.expect("chunk").expect("data"),
+    ));
+    // The server's health check now fails while its stream keeps flowing.
+    s.set_health(503);
+    let down = app
+        .state
+        .proxy
+        .registry
+        .table
+        .wait_for(Duration::from_secs(5), |t| {
+            t.backends.values().all(|e| !e.health().admits_traffic())
+        })
+        .await;
+    assert!(down, "the server was marked down mid-stream");
+    while let Some(chunk) = resp.chunk().await.expect("body") {
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        body.ends_with("data: [DONE]\n\n") && !body.contains("\"error\""),
+        "the flowing stream finished: {body}"
+    );
     app.shutdown().await;
 }

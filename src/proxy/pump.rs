@@ -99,7 +99,15 @@ pub async fn start_stream(
         probe_every: cfg.on_demand_probe_interval,
         deadline: relay.deadline,
         started: got_first,
-        last_sent: Instant::now(),
+        // Committed without a first chunk: one keep-alive interval already passed since the
+        // server accepted the request, so the first comment goes out at once.
+        last_sent: if got_first {
+            Instant::now()
+        } else {
+            Instant::now()
+                .checked_sub(cfg.stream_keepalive_interval)
+                .unwrap_or_else(Instant::now)
+        },
         next_probe: Instant::now() + cfg.on_demand_probe_interval,
         client_wants_usage: relay.client_wants_usage,
         repair,
@@ -244,7 +252,10 @@ impl Pump {
                 biased;
                 _ = ctx.cancel.cancelled() => Step::Cancelled,
                 _ = self.tx.closed() => Step::ClientGone,
-                _ = self.dead.cancelled() => Step::Failed(GatewayError::UpstreamDown, "upstream_down"),
+                // A server found dead ends a stream still waiting for its first event; once
+                // events flow, the stream itself proves the server alive (a slow health
+                // probe must not cut it) and the idle timeout covers a stall.
+                _ = self.dead.cancelled(), if !self.started => Step::Failed(GatewayError::UpstreamDown, "upstream_down"),
                 r = s.next() => match r {
                     None => Step::End,
                     Some(Err((e, why))) => Step::Failed(e, why),
