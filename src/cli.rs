@@ -187,6 +187,12 @@ async fn run_app(cfg: ValidatedConfig, listener: TcpListener, source: ConfigSour
     if cfg.api_keys.is_empty() {
         warn!("API_KEYS is empty: the gateway is OPEN, anyone who can reach it can use it");
     }
+    // Installed before the gateway says it listens: a SIGHUP that comes right after must
+    // reload, not take the default action (terminate).
+    #[cfg(unix)]
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    #[cfg(not(unix))]
+    let hangups = None::<()>;
     let app = match App::start_with_source(cfg, listener, Some(source)).await {
         Ok(a) => a,
         Err(e) => {
@@ -194,7 +200,7 @@ async fn run_app(cfg: ValidatedConfig, listener: TcpListener, source: ConfigSour
             return 1;
         }
     };
-    let reloads = tokio::spawn(reload_on_sighup(app.state.clone()));
+    let reloads = tokio::spawn(reload_on_sighup(app.state.clone(), hangups));
     tokio::select! {
         _ = shutdown_signal() => info!("shutdown requested"),
         _ = app.escalated() => {},
@@ -207,11 +213,13 @@ async fn run_app(cfg: ValidatedConfig, listener: TcpListener, source: ConfigSour
 }
 
 /// SIGHUP re-reads the configuration; a refused one is logged and the old one stays.
-async fn reload_on_sighup(state: std::sync::Arc<crate::state::AppState>) {
-    #[cfg(unix)]
+#[cfg(unix)]
+async fn reload_on_sighup(
+    state: std::sync::Arc<crate::state::AppState>,
+    hangups: Option<tokio::signal::unix::Signal>,
+) {
     {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        let Some(mut hup) = hangups else {
             warn!("cannot listen for SIGHUP: reload only through POST /admin/reload");
             return;
         };
@@ -222,11 +230,10 @@ async fn reload_on_sighup(state: std::sync::Arc<crate::state::AppState>) {
             }
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = state;
-    }
 }
+
+#[cfg(not(unix))]
+async fn reload_on_sighup(_state: std::sync::Arc<crate::state::AppState>, _hangups: Option<()>) {}
 
 async fn shutdown_signal() {
     #[cfg(unix)]
