@@ -1,0 +1,155 @@
+//! The per-request and per-chunk costs of the hot path, each alone: authentication of a
+//! static key, the routing decision, preparing a request body (scan + rewrite), and SSE
+//! parse + re-emit of a stream. Tool-call repair has its own bench (`toolcall`).
+//!
+//! Run: `cargo bench --bench hotpath`. Throughput is per request (element) or per chunk.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use eventsource_stream::Eventsource;
+use futures_util::{FutureExt, StreamExt};
+use llmmux::config::{Config, Sources};
+use llmmux::http::auth::{Access, Authenticator};
+use llmmux::proxy::{prepare, pump, sse_guard::SseGuard, Endpoint};
+use llmmux_actors::backend::{
+    BackendHandle, BackendId, BackendSpec, HealthCheck, Origin, PassivePolicy,
+};
+use llmmux_actors::breaker::{Breaker, HealthState};
+use llmmux_actors::slot::Slot;
+use llmmux_actors::table::{BackendEntry, ModelCard, RoutingTable};
+use rand::SeedableRng;
+
+fn config(vars: &[(&str, &str)]) -> llmmux::config::ValidatedConfig {
+    let env = |k: &str| {
+        vars.iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| (*v).to_owned())
+    };
+    Config::load(&Sources {
+        env: &env,
+        file: None,
+    })
+    .unwrap_or_else(|e| panic!("config: {e:?}"))
+}
+
+fn auth(c: &mut Criterion) {
+    let keys: Vec<String> = (0..8).map(|i| format!("sk-bench-{i:032}")).collect();
+    let joined = keys.join(",");
+    let cfg = config(&[("API_KEYS", &joined), ("BACKENDS", "m:127.0.0.1:9")]);
+    let a = Authenticator::new(&cfg);
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_str(&format!("Bearer {}", keys[5]))
+            .unwrap_or_else(|_| panic!("header")),
+    );
+    let mut g = c.benchmark_group("auth");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("static key of 8", |b| {
+        b.iter(|| {
+            black_box(
+                a.authorize(None, Access::Client, black_box(&headers))
+                    .now_or_never()
+                    .is_some_and(|r| r.is_ok()),
+            )
+        })
+    });
+    g.finish();
+}
+
+fn table(servers: usize) -> RoutingTable {
+    let slot = Slot::default();
+    let backends: BTreeMap<_, _> = (0..servers)
+        .map(|i| {
+            let spec = BackendSpec {
+                id: BackendId::new(format!("s{i}")),
+                base_url: format!("http://10.0.0.{i}:8000").into(),
+                static_models: vec![],
+                discover: false,
+                max_in_flight: 512,
+                health: HealthCheck::Passive,
+                passive: PassivePolicy::default(),
+                ext: Arc::new(()),
+                origin: Origin::Config,
+                revision: 0,
+            };
+            let mut e = BackendEntry::new(
+                Arc::new(BackendHandle::new(&spec, slot.clone())),
+                vec![ModelCard::bare("m")],
+                false,
+            );
+            e.breaker = Breaker::new(HealthState::Healthy);
+            (spec.id, e)
+        })
+        .collect();
+    RoutingTable::new(1, backends)
+}
+
+fn routing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route");
+    g.throughput(Throughput::Elements(1));
+    for n in [2, 16] {
+        let t = table(n);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        g.bench_function(format!("p2c pick of {n} servers"), |b| {
+            b.iter(|| black_box(t.pick("m", &[], &mut rng).is_ok()))
+        });
+    }
+    g.finish();
+}
+
+fn request(c: &mut Criterion) {
+    let chat = Bytes::from(
+        r#"{"model":"qwen3-8b","messages":[{"role":"system","content":"You are helpful."},{"role":"user","content":"Write a haiku about gateways."}],"temperature":0.7,"max_tokens":256,"stream":true}"#,
+    );
+    let none = BTreeMap::new();
+    let aliases: BTreeMap<String, String> =
+        [("gpt-4o-mini".to_owned(), "qwen3-8b".to_owned())].into();
+    let aliased = Bytes::from(String::from_utf8_lossy(&chat).replace("qwen3-8b", "gpt-4o-mini"));
+    let mut g = c.benchmark_group("request");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("prepare stream (usage injected)", |b| {
+        b.iter(|| black_box(prepare::prepare(Endpoint::Chat, chat.clone(), &none).is_ok()))
+    });
+    g.bench_function("prepare stream + alias", |b| {
+        b.iter(|| black_box(prepare::prepare(Endpoint::Chat, aliased.clone(), &aliases).is_ok()))
+    });
+    let plain = Bytes::from(String::from_utf8_lossy(&chat).replace(r#","stream":true"#, ""));
+    g.bench_function("prepare whole (passed through)", |b| {
+        b.iter(|| black_box(prepare::prepare(Endpoint::Chat, plain.clone(), &none).is_ok()))
+    });
+    g.finish();
+}
+
+fn sse(c: &mut Criterion) {
+    let chunk = |t: &str| {
+        format!(
+            "data: {{\"id\":\"chatcmpl-b7c8eea327e86bda\",\"object\":\"chat.completion.chunk\",\"created\":1795543872,\"model\":\"qwen3-8b\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{t}\"}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
+        )
+    };
+    const N: usize = 1000;
+    let chunks: Vec<Bytes> = (0..N)
+        .map(|i| Bytes::from(chunk(&format!("tok{i} "))))
+        .collect();
+    let mut g = c.benchmark_group("sse");
+    g.throughput(Throughput::Elements(N as u64));
+    g.bench_function("guard + parse + re-emit, per chunk", |b| {
+        b.iter(|| {
+            let upstream =
+                futures_util::stream::iter(chunks.iter().cloned().map(Ok::<_, std::io::Error>));
+            let mut events = SseGuard::new(upstream, 4 << 20).eventsource();
+            let mut n = 0usize;
+            while let Some(Some(Ok(ev))) = events.next().now_or_never() {
+                n += pump::frame(&ev.data).len();
+            }
+            black_box(n)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, auth, routing, request, sse);
+criterion_main!(benches);
