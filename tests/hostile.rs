@@ -29,7 +29,8 @@ async fn chat_ok(c: &reqwest::Client, addr: &str) -> bool {
         .send()
         .await
     {
-        Ok(r) if r.status() == 200 => true,
+        // The body is read to the end so the connection goes back to the pool.
+        Ok(r) if r.status() == 200 => r.bytes().await.is_ok(),
         Ok(r) => {
             eprintln!("real request: {}", r.status());
             false
@@ -115,6 +116,48 @@ async fn silent_sockets_and_half_prefaces_are_closed_while_real_requests_are_ser
         rss_after < rss_before + 64 * MIB,
         "RSS {rss_before} -> {rss_after} KiB"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_get_a_readable_503_and_room_comes_back() {
+    let s = sim(&["m"]).await;
+    let (_child, addr) = serve(
+        llmmux(),
+        &[
+            ("BACKENDS", backends("m", &[&s])),
+            ("API_KEYS", KEY.into()),
+            ("MAX_CONNECTIONS", "4".into()),
+            ("HEADER_READ_TIMEOUT", "60000".into()),
+        ],
+    );
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(&addr).await.expect("connect"));
+    }
+    // A fresh client (a new connection) is over the cap: it reads an answer, not a reset.
+    let r = client()
+        .post(format!("{}/v1/chat/completions", base(&addr)))
+        .bearer_auth(KEY)
+        .json(&chat("m", false))
+        .send()
+        .await
+        .expect("a readable answer over the cap");
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "too_many_connections");
+    assert_eq!(body["error"]["type"], "server_error");
+    drop(held);
+    // Closed sockets give their slots back.
+    let mut served = false;
+    for _ in 0..50 {
+        if chat_ok(&client(), &addr).await {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "served again once the held connections closed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -26,6 +26,9 @@ use crate::state::AppState;
 /// How long a closing connection may take to finish what is in flight after the
 /// watchdog asked it to stop, before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a shed connection may take to send the start of its request.
+const SHED_WAIT: Duration = Duration::from_millis(500);
 
 /// Counters of the front door.
 #[derive(Debug, Default)]
@@ -179,8 +182,12 @@ async fn connection(
 }
 
 /// Over `MAX_CONNECTIONS`: answer 503 in the OpenAI shape (readable by HTTP/1 clients) and
-/// close, without reading the request.
+/// close. The answer waits briefly for the first bytes of the request: a client that has
+/// not sent its request yet would read an early answer as an unsolicited message (a
+/// connection error) instead of a 503 it can retry on.
 async fn shed(mut stream: TcpStream) {
+    let mut first = [0u8; 1024];
+    let _ = tokio::time::timeout(SHED_WAIT, stream.read(&mut first)).await;
     let resp = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{SHED_BODY}",
         SHED_BODY.len()
