@@ -51,6 +51,8 @@ pub enum AppError {
     Migrate(crate::storage::StorageError),
     #[error("cannot start the identity store: {0}")]
     Identity(#[from] crate::identity::StartError),
+    #[error("cannot start the audit log: {0}")]
+    Audit(#[from] crate::audit::AuditStartError),
 }
 
 fn initial_table(specs: &[BackendSpec], registry: &Slot<RegistryMsg>) -> RoutingTable {
@@ -69,6 +71,9 @@ fn initial_table(specs: &[BackendSpec], registry: &Slot<RegistryMsg>) -> Routing
     }
     RoutingTable::new(1, backends)
 }
+
+/// Longest wait for the audit writer to flush at shutdown.
+const AUDIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a health actor needs besides its server; shared by every health child spec.
 #[derive(Clone)]
@@ -160,6 +165,17 @@ impl App {
         for w in crate::http::auth::short_key_warnings(&cfg) {
             warn!("{w}");
         }
+        let audit = match crate::audit::AuditSettings::from_config(&cfg) {
+            Some(s) => Some(crate::audit::Audit::open(
+                &s,
+                crate::storage::DbSettings::from_config(&cfg).as_ref(),
+            )?),
+            None => None,
+        };
+        let activity = match &audit {
+            Some(a) => a.hook(),
+            None => crate::identity::activity_log(),
+        };
         let identity = match &cfg.database_url {
             Some(url) => {
                 let applied = crate::storage::migrate(url.expose())
@@ -168,8 +184,7 @@ impl App {
                 if !applied.is_empty() {
                     info!(migrations = ?applied, "database migrated");
                 }
-                crate::identity::Identity::from_config(&cfg, crate::identity::activity_log())
-                    .await?
+                crate::identity::Identity::from_config(&cfg, activity).await?
             }
             None => None,
         };
@@ -279,6 +294,9 @@ impl App {
             });
         }
         let streams = StreamSpawner::new(shard_slots);
+        if let Some(a) = &audit {
+            children.push(a.child_spec(policy));
+        }
 
         let report: SupervisionReport = Arc::default();
         let (root, root_join) = Actor::spawn(
@@ -306,7 +324,10 @@ impl App {
             supervision: report.clone(),
             front: front.clone(),
             toolcalls: toolcalls.clone(),
-            extra: Vec::new(),
+            extra: audit
+                .iter()
+                .map(|a| Arc::new(a.clone()) as Arc<dyn crate::metrics::ScrapeSource>)
+                .collect(),
         }));
         let metrics_listener = match cfg.metrics_port {
             Some(port) => Some(
@@ -341,9 +362,13 @@ impl App {
                 if let Some(id) = &identity {
                     sinks.push(Arc::new(crate::identity::TokenCounter(id.clone())));
                 }
+                if let Some(a) = &audit {
+                    sinks.push(Arc::new(a.clone()));
+                }
                 sinks
             })),
             identity,
+            audit: audit.clone(),
             metrics,
             first_seen: Mutex::new(HashMap::new()),
             #[cfg(feature = "fault-injection")]
@@ -352,9 +377,19 @@ impl App {
                 discovery: discovery_slot,
                 table,
                 streams,
+                audit: audit.clone(),
             },
             config: LiveConfig::new(cfg),
         });
+        if let Some(a) = &audit {
+            a.activity(
+                crate::audit::record::ActivityEntry::new("config_start", "success").detail(
+                    serde_json::json!({
+                        "settings": state.config.load().render_masked().lines().collect::<Vec<_>>()
+                    }),
+                ),
+            );
+        }
         if let Some(l) = metrics_listener {
             tokio::spawn(crate::http::metrics_port::serve(l, state.clone()));
         }
@@ -421,6 +456,13 @@ impl App {
             streams.cancel_all("gateway shutting down");
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut server).await;
             server.abort();
+        }
+        if let Some(a) = &self.state.audit {
+            // Everything accepted is written (to the store, else the spool) before the
+            // writer stops with the tree.
+            if !a.flush(AUDIT_FLUSH_TIMEOUT).await {
+                warn!("audit records could not all be flushed before shutdown");
+            }
         }
         self.root.stop(None);
         let _ = self.root_done.await;

@@ -15,6 +15,7 @@ pub enum ActorKind {
     Discovery,
     Health,
     Stream,
+    Audit,
 }
 
 impl std::str::FromStr for ActorKind {
@@ -25,6 +26,7 @@ impl std::str::FromStr for ActorKind {
             "discovery" => Ok(Self::Discovery),
             "health" => Ok(Self::Health),
             "stream" => Ok(Self::Stream),
+            "audit" => Ok(Self::Audit),
             _ => Err(()),
         }
     }
@@ -36,6 +38,7 @@ pub struct FaultInjector {
     pub discovery: Slot<DiscoveryMsg>,
     pub table: Arc<SharedTable>,
     pub streams: StreamSpawner,
+    pub audit: Option<crate::audit::Audit>,
 }
 
 impl FaultInjector {
@@ -50,6 +53,7 @@ impl FaultInjector {
                     .cast(llmmux_actors::health::HealthMsg::Crash)
             }),
             ActorKind::Stream => self.streams.crash_one().await,
+            ActorKind::Audit => self.audit.as_ref().is_some_and(|a| a.crash_writer()),
         }
     }
 }

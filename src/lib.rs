@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod audit;
 pub mod body;
 pub mod cli;
 pub mod config;

@@ -209,7 +209,7 @@ impl std::fmt::Debug for Live {
     }
 }
 
-fn gauge(
+pub(crate) fn gauge(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -223,7 +223,7 @@ fn gauge(
     Ok(())
 }
 
-fn counter(
+pub(crate) fn counter(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,

@@ -5,7 +5,7 @@
 //! the client received. Clones share one record; when the last clone drops (the response
 //! body finished or was dropped, the handler future was cancelled, a stream's pump ended,
 //! a panic unwound through any of them) the record is completed and handed to every
-//! [`OutcomeSink`]: the access log now; metrics, audit and token limits read the same record.
+//! [`OutcomeSink`]: the access log, metrics, the audit log and token limits read the same record.
 //! Finishing in `Drop` is what makes "exactly once" hold by construction.
 
 use std::fmt;
@@ -50,6 +50,16 @@ pub struct RequestRecord {
     pub ttfb: Option<Duration>,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
+    /// Request and answer bodies, only with `AUDIT_BODIES=true`.
+    pub bodies: Option<Box<Bodies>>,
+}
+
+/// Bodies kept for the audit log (clipped to `AUDIT_BODY_MAX_BYTES`).
+#[derive(Clone, Debug, Default)]
+pub struct Bodies {
+    pub request: Option<String>,
+    /// The answer of a non-streamed request.
+    pub response: Option<String>,
 }
 
 /// Where finished records go. Called once per request, on the task that dropped the last
@@ -132,6 +142,7 @@ impl Outcome {
                 ttfb: None,
                 prompt_tokens: None,
                 completion_tokens: None,
+                bodies: None,
             }),
             sinks,
         }))

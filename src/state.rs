@@ -24,6 +24,8 @@ pub struct AppState {
     pub auth: arc_swap::ArcSwap<Authenticator>,
     /// Users, sessions, database keys and per-key limits (`DATABASE_URL`).
     pub identity: Option<crate::identity::Identity>,
+    /// The audit log (`AUDIT_ENABLED`, on by default).
+    pub audit: Option<crate::audit::Audit>,
     /// Where a reload reads the configuration again (none: reload is refused).
     pub source: Option<crate::config::ConfigSource>,
     pub front: Arc<FrontDoor>,

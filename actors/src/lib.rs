@@ -6,7 +6,8 @@
 //! │                              included); publishes RoutingTable snapshots
 //! ├── DiscoveryActor             polls the discovered servers' /v1/models (level-triggered)
 //! ├── HealthActor × servers      active probes (timer and on demand), reported to the registry
-//! └── StreamSupervisor × shards  parents of the per-request StreamActors (never restarted)
+//! ├── StreamSupervisor × shards  parents of the per-request StreamActors (never restarted)
+//! └── AuditWriter                drains the audit queue to the store, or the spool
 //! ```
 //!
 //! Architecture invariants:
@@ -19,6 +20,7 @@
 //! - Every request/reply goes through a handle method with a timeout.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod backend;
 pub mod breaker;
 pub mod discovery;

@@ -134,6 +134,22 @@ pub struct Config {
     pub login_lockout_base: Duration,
     pub login_lockout_max: Duration,
     pub password_hash_concurrency: usize,
+    // --- audit log (src/audit, actors/src/audit.rs) ---
+    pub audit_enabled: bool,
+    pub audit_bodies: bool,
+    pub audit_body_max_bytes: usize,
+    pub audit_queue_capacity: usize,
+    pub audit_batch_size: usize,
+    /// Longest time a record waits in memory before it is written and synced.
+    pub audit_flush_interval: Duration,
+    pub audit_spool_dir: PathBuf,
+    pub audit_spool_max_bytes: u64,
+    pub audit_on_full: llmmux_actors::audit::OnFull,
+    /// 0 keeps every partition.
+    pub audit_retention_days: u32,
+    /// The JSON-lines journal used without `DATABASE_URL`.
+    pub audit_journal_path: PathBuf,
+    pub audit_journal_max_bytes: u64,
 }
 
 /// A configuration that passed validation; the only thing `App::build` accepts.
@@ -353,6 +369,30 @@ impl ValidatedConfig {
         line(
             "PASSWORD_HASH_CONCURRENCY",
             c.password_hash_concurrency.to_string(),
+        );
+        line("AUDIT_ENABLED", c.audit_enabled.to_string());
+        line("AUDIT_BODIES", c.audit_bodies.to_string());
+        line("AUDIT_BODY_MAX_BYTES", c.audit_body_max_bytes.to_string());
+        line("AUDIT_QUEUE_CAPACITY", c.audit_queue_capacity.to_string());
+        line("AUDIT_BATCH_SIZE", c.audit_batch_size.to_string());
+        line("AUDIT_FLUSH_INTERVAL", ms(c.audit_flush_interval));
+        line("AUDIT_SPOOL_DIR", c.audit_spool_dir.display().to_string());
+        line("AUDIT_SPOOL_MAX_BYTES", c.audit_spool_max_bytes.to_string());
+        line(
+            "AUDIT_ON_FULL",
+            match c.audit_on_full {
+                llmmux_actors::audit::OnFull::Drop => "drop".into(),
+                llmmux_actors::audit::OnFull::Reject => "reject".into(),
+            },
+        );
+        line("AUDIT_RETENTION_DAYS", c.audit_retention_days.to_string());
+        line(
+            "AUDIT_JOURNAL_PATH",
+            c.audit_journal_path.display().to_string(),
+        );
+        line(
+            "AUDIT_JOURNAL_MAX_BYTES",
+            c.audit_journal_max_bytes.to_string(),
         );
         for s in &c.server_options {
             line("servers[]", s.render_masked());
@@ -589,6 +629,42 @@ impl Config {
                 v!("PASSWORD_HASH_CONCURRENCY"),
                 2usize,
             ),
+            audit_enabled: p.bool("AUDIT_ENABLED", v!("AUDIT_ENABLED"), true),
+            audit_bodies: p.bool("AUDIT_BODIES", v!("AUDIT_BODIES"), false),
+            audit_body_max_bytes: p.num(
+                "AUDIT_BODY_MAX_BYTES",
+                v!("AUDIT_BODY_MAX_BYTES"),
+                64 * 1024usize,
+            ),
+            audit_queue_capacity: p.num(
+                "AUDIT_QUEUE_CAPACITY",
+                v!("AUDIT_QUEUE_CAPACITY"),
+                100_000usize,
+            ),
+            audit_batch_size: p.num("AUDIT_BATCH_SIZE", v!("AUDIT_BATCH_SIZE"), 1_000usize),
+            audit_flush_interval: p.ms("AUDIT_FLUSH_INTERVAL", v!("AUDIT_FLUSH_INTERVAL"), 100),
+            audit_spool_dir: PathBuf::from(
+                v!("AUDIT_SPOOL_DIR")
+                    .filter(|s| !s.trim().is_empty())
+                    .unwrap_or_else(|| "audit-spool".into()),
+            ),
+            audit_spool_max_bytes: p.num(
+                "AUDIT_SPOOL_MAX_BYTES",
+                v!("AUDIT_SPOOL_MAX_BYTES"),
+                1024 * 1024 * 1024u64,
+            ),
+            audit_on_full: p.on_full("AUDIT_ON_FULL", v!("AUDIT_ON_FULL")),
+            audit_retention_days: p.num("AUDIT_RETENTION_DAYS", v!("AUDIT_RETENTION_DAYS"), 90u32),
+            audit_journal_path: PathBuf::from(
+                v!("AUDIT_JOURNAL_PATH")
+                    .filter(|s| !s.trim().is_empty())
+                    .unwrap_or_else(|| "llmmux-audit.jsonl".into()),
+            ),
+            audit_journal_max_bytes: p.num(
+                "AUDIT_JOURNAL_MAX_BYTES",
+                v!("AUDIT_JOURNAL_MAX_BYTES"),
+                256 * 1024 * 1024u64,
+            ),
         };
         errors.extend(file_errors.into_inner());
         errors.extend(validate(&cfg));
@@ -679,6 +755,27 @@ fn validate(c: &Config) -> Vec<ConfigError> {
     }
     if !(8 * 1024..=1024 * 1024).contains(&c.max_header_bytes) {
         err("MAX_HEADER_BYTES", "must be between 8192 and 1048576");
+    }
+    if c.audit_flush_interval.is_zero() || c.audit_flush_interval > Duration::from_millis(100) {
+        err(
+            "AUDIT_FLUSH_INTERVAL",
+            "must be between 1 and 100 ms (records are synced to disk at least every 100 ms)",
+        );
+    }
+    if c.audit_batch_size == 0 {
+        err("AUDIT_BATCH_SIZE", "must be at least 1");
+    }
+    if c.audit_queue_capacity < c.audit_batch_size {
+        err("AUDIT_QUEUE_CAPACITY", "must be at least AUDIT_BATCH_SIZE");
+    }
+    if c.audit_spool_max_bytes < 1024 * 1024 {
+        err("AUDIT_SPOOL_MAX_BYTES", "must be at least 1048576 (1 MiB)");
+    }
+    if c.audit_journal_max_bytes < 1024 * 1024 {
+        err(
+            "AUDIT_JOURNAL_MAX_BYTES",
+            "must be at least 1048576 (1 MiB)",
+        );
     }
     let mut names = std::collections::BTreeSet::new();
     for s in &c.server_options {

@@ -57,6 +57,22 @@ impl Parser<'_> {
         }
     }
 
+    pub fn on_full(&mut self, name: &str, raw: Option<String>) -> llmmux_actors::audit::OnFull {
+        use llmmux_actors::audit::OnFull;
+        match raw
+            .as_deref()
+            .map(|s| s.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("") | Some("drop") => OnFull::Drop,
+            Some("reject") => OnFull::Reject,
+            Some(other) => {
+                self.fail(name, format!("expected drop or reject, got {other:?}"));
+                OnFull::Drop
+            }
+        }
+    }
+
     pub fn secrets(&mut self, raw: Option<String>) -> Vec<Secret> {
         raw.unwrap_or_default()
             .split(',')

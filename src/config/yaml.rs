@@ -222,6 +222,18 @@ const KNOWN: &[&str] = &[
     "login_lockout_base",
     "login_lockout_max",
     "password_hash_concurrency",
+    "audit_enabled",
+    "audit_bodies",
+    "audit_body_max_bytes",
+    "audit_queue_capacity",
+    "audit_batch_size",
+    "audit_flush_interval",
+    "audit_spool_dir",
+    "audit_spool_max_bytes",
+    "audit_on_full",
+    "audit_retention_days",
+    "audit_journal_path",
+    "audit_journal_max_bytes",
 ];
 
 fn err(reason: String) -> ConfigError {

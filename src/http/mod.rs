@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod audit_api;
 pub mod auth;
 pub mod conn;
 pub mod cors;

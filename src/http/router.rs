@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use super::accounts::Endpoint as Account;
+use super::audit_api::{self, Query as AuditQuery};
 use super::auth::Access;
 use super::conn::RequestGuard;
 use super::{admin, cors, models, ops, request_id};
@@ -35,6 +36,7 @@ enum Route {
     BackendDrain,
     BackendUndrain,
     Reload,
+    Audit(AuditQuery),
     Account(Account),
     /// Fault injection (chaos suite only): crash one actor of a kind.
     #[cfg(feature = "fault-injection")]
@@ -77,6 +79,18 @@ fn defs() -> Vec<(&'static str, Def)> {
             d(Route::Backends, &[Method::GET, Method::POST], Access::Admin),
         ),
         ("/admin/reload", d(Route::Reload, POST, Access::Admin)),
+        (
+            "/admin/audit/requests",
+            d(Route::Audit(AuditQuery::Requests), GET, Access::Admin),
+        ),
+        (
+            "/admin/audit/activity",
+            d(Route::Audit(AuditQuery::Activity), GET, Access::Admin),
+        ),
+        (
+            "/admin/usage",
+            d(Route::Audit(AuditQuery::Usage), GET, Access::Admin),
+        ),
         (
             "/auth/login",
             d(Route::Account(Account::Login), POST, Access::Public),
@@ -299,22 +313,90 @@ async fn dispatch(
     let peer_ip = outcome.client_ip();
     let id = found.params.get("id").map(str::to_owned);
     let id = id.as_deref().unwrap_or("");
+    let action = admin_action(def.route, &method);
+    let result = route(
+        state,
+        &cfg,
+        def,
+        found.params.get("actor"),
+        method,
+        id,
+        principal.clone(),
+        req,
+        outcome,
+    )
+    .await;
+    if let Some(action) = action {
+        let status = match &result {
+            Ok(r) => r.status(),
+            Err(e) => e.status(),
+        };
+        audit_api::record_admin_action(
+            state.audit.as_ref(),
+            action,
+            &principal,
+            peer_ip,
+            outcome.id(),
+            id,
+            status,
+        );
+    }
+    result
+}
+
+/// The activity-log name of an admin route that changes something.
+fn admin_action(route: Route, method: &Method) -> Option<&'static str> {
+    match (route, method) {
+        (Route::Backends, &Method::POST) => Some("backend_add"),
+        (Route::Backend, &Method::DELETE) => Some("backend_remove"),
+        (Route::BackendDrain, _) => Some("backend_drain"),
+        (Route::BackendUndrain, _) => Some("backend_undrain"),
+        (Route::Reload, _) => Some("config_reload"),
+        (Route::DiscoveryRefresh, _) => Some("discovery_refresh"),
+        _ => None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn route(
+    state: &Arc<AppState>,
+    cfg: &crate::config::ValidatedConfig,
+    def: &Def,
+    actor: Option<&str>,
+    method: Method,
+    id: &str,
+    principal: Arc<crate::principal::Principal>,
+    req: Request<Incoming>,
+    outcome: &Outcome,
+) -> Result<Response<Body>, GatewayError> {
+    let peer_ip = outcome.client_ip();
+    // Only the fault-injection build has a route with an actor parameter.
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = actor;
     match (def.route, method) {
         (Route::Healthz, _) => Ok(ops::healthz(state, req.headers()).await),
         (Route::Readyz, _) => Ok(ops::readyz(state)),
         (Route::Metrics, _) if cfg.metrics_port.is_some() => Err(GatewayError::UnknownRoute),
-        (Route::Metrics, _) => ops::metrics(state, &cfg, req.headers()),
+        (Route::Metrics, _) => ops::metrics(state, cfg, req.headers()),
         (Route::Models, _) => Ok(models::list(state, &principal)),
         (Route::Model, _) => Ok(models::one(state, &principal, id)),
         (Route::DiscoveryStats, _) => Ok(admin::discovery_stats(state)),
         (Route::DiscoveryRefresh, _) => Ok(admin::discovery_refresh(state).await),
+        (Route::Proxy(_), _) if state.audit.as_ref().is_some_and(|a| !a.accepting()) => {
+            Err(GatewayError::Unavailable(
+                "The audit log cannot record requests right now (its spool is full); retry shortly.",
+            ))
+        }
+        (Route::Audit(q), _) => {
+            audit_api::answer(state.audit.as_ref(), q, req.uri().query()).await
+        }
         (Route::Proxy(ep), _) => {
             let gate = proxy::Gate {
                 principal: &principal,
                 identity: state.identity.as_ref(),
                 metrics: &state.metrics,
             };
-            proxy::forward(&state.proxy, &cfg, &state.lifecycle, ep, req, outcome, gate).await
+            proxy::forward(&state.proxy, cfg, &state.lifecycle, ep, req, outcome, gate).await
         }
         (Route::Account(a), _) => {
             super::accounts::handle(state.identity.as_ref(), a, &principal, peer_ip, id, req).await
@@ -327,7 +409,7 @@ async fn dispatch(
         (Route::BackendUndrain, _) => Ok(admin::set_drain(state, id, false).await),
         (Route::Reload, _) => admin::reload(state).await,
         #[cfg(feature = "fault-injection")]
-        (Route::Crash, _) => admin::crash(state, found.params.get("actor").unwrap_or("")).await,
+        (Route::Crash, _) => admin::crash(state, actor.unwrap_or("")).await,
     }
 }
 

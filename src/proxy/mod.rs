@@ -318,6 +318,16 @@ async fn forward_inner(
         cfg.body_read_timeout,
     )
     .await?;
+    let keep_bodies = cfg.audit_enabled && cfg.audit_bodies;
+    if keep_bodies {
+        let request = crate::audit::clip(&raw, cfg.audit_body_max_bytes);
+        outcome.update(|r| {
+            r.bodies = Some(Box::new(crate::outcome::Bodies {
+                request: Some(request),
+                response: None,
+            }))
+        });
+    }
     let p = prepare::prepare(ep, raw, &cfg.model_aliases)?;
     let span = tracing::Span::current();
     span.record("model", p.model.as_str());
@@ -383,6 +393,14 @@ async fn forward_inner(
                 Some((family, tools)) => repair_body(proxy, cfg, body, family, &tools),
                 None => body,
             };
+            if keep_bodies {
+                let answer = crate::audit::clip(&body, cfg.audit_body_max_bytes);
+                outcome.update(|r| {
+                    if let Some(b) = r.bodies.as_mut() {
+                        b.response = Some(answer);
+                    }
+                });
+            }
             let mut resp = Response::new(full(body));
             *resp.status_mut() = status;
             resp.headers_mut().insert(

@@ -22,11 +22,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. A new file in `migrations/` goes at the end of this list.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_identity.sql",
-    sql: include_str!("../../migrations/0001_identity.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_identity.sql",
+        sql: include_str!("../../migrations/0001_identity.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_audit.sql",
+        sql: include_str!("../../migrations/0002_audit.sql"),
+    },
+];
 
 /// Arbitrary but fixed: the key of the advisory lock that serialises migrations.
 const LOCK_KEY: i64 = 0x6c6c_6d6d_7578_0001;

@@ -10,7 +10,16 @@ pub fn llmmux() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_llmmux"));
     c.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default());
+    audit_files(&mut c);
     c
+}
+
+/// The audit spool and journal of a test process go to a fresh directory of their own,
+/// never into the checkout.
+pub fn audit_files(c: &mut Command) {
+    let dir = super::scratch_dir("audit");
+    c.env("AUDIT_SPOOL_DIR", dir.join("spool"))
+        .env("AUDIT_JOURNAL_PATH", dir.join("audit.jsonl"));
 }
 
 /// The binary under `ulimit -n nofile`.
@@ -21,6 +30,7 @@ pub fn llmmux_with_nofile(nofile: u32) -> Command {
         .arg("-c")
         .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
         .arg(env!("CARGO_BIN_EXE_llmmux"));
+    audit_files(&mut c);
     c
 }
 

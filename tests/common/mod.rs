@@ -31,6 +31,17 @@ pub async fn sim_with(models: &[&str], f: impl FnOnce(&mut SimConfig)) -> SimHan
     sim::start(listener, cfg).await.expect("start sim")
 }
 
+/// A new empty directory under the system's temporary directory.
+pub fn scratch_dir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "llmmux-test-{what}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
 /// Test defaults: short intervals and timeouts so faults resolve in well under a second.
 pub fn base_vars() -> Vec<(&'static str, String)> {
     vec![
@@ -81,6 +92,12 @@ pub async fn gateway_with_env(
     for (k, v) in base_vars() {
         env.set(k, v);
     }
+    let audit = scratch_dir("audit");
+    env.set("AUDIT_SPOOL_DIR", audit.join("spool").display().to_string());
+    env.set(
+        "AUDIT_JOURNAL_PATH",
+        audit.join("audit.jsonl").display().to_string(),
+    );
     for (k, v) in extra {
         env.set(k, v.clone());
     }

@@ -1,0 +1,659 @@
+//! AuditWriter: moves audit records from the request path to durable storage, off the hot
+//! path and without losing what was accepted.
+//!
+//! The request path pushes into an [`AuditQueue`] (a bounded queue that lives outside the
+//! actor, so a crashed writer's replacement finds every record still queued) and never
+//! waits on storage. Every `flush_interval` (and as soon as a batch is full) the writer
+//! takes a batch and writes it to the store; the batch stays in the queue's in-flight slot
+//! until it is durable, so a panic mid-write costs nothing (the store ignores a record it
+//! already has). A store that fails or is slow sends batches to the spool instead (synced
+//! to disk before the batch counts as written); while the spool holds records, new ones are
+//! appended behind them and the spool is replayed, oldest first, when the store answers
+//! again. A full spool either drops (counted) or, in `reject` mode, keeps the batch and
+//! raises [`AuditStats::rejecting`] so the gateway refuses new requests until room returns.
+//!
+//! The I/O lives behind [`AuditPort`], implemented by the gateway (PostgreSQL or a local
+//! journal, and a spool directory).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::{info, warn};
+
+use crate::ports::BoxFuture;
+use crate::slot::Slot;
+
+/// Why a spool append failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("the spool is full")]
+    Full,
+    #[error("spool I/O failed: {0}")]
+    Io(String),
+}
+
+/// Storage behind the writer.
+pub trait AuditPort: Send + Sync + 'static {
+    type Record: Send + Sync + 'static;
+
+    /// Write a batch to the store. Must be idempotent per record (a batch may be written
+    /// again after a crash or a timeout that hid a success).
+    fn store<'a>(&'a self, batch: &'a [Self::Record]) -> BoxFuture<'a, Result<(), String>>;
+
+    /// Append a batch to the spool; returns once it is synced to disk.
+    fn spool<'a>(&'a self, batch: &'a [Self::Record]) -> BoxFuture<'a, Result<(), SpoolError>>;
+
+    /// Move up to `max` of the oldest spooled records to the store. `Ok(true)` once the
+    /// spool is empty.
+    fn replay(&self, max: usize) -> BoxFuture<'_, Result<bool, String>>;
+
+    /// Whether the spool holds records (one left by an earlier process, say).
+    fn spooled(&self) -> bool;
+
+    /// Bytes in the spool.
+    fn spool_bytes(&self) -> u64;
+
+    /// Periodic upkeep (partitions ahead, retention).
+    fn maintain(&self) -> BoxFuture<'_, ()>;
+}
+
+/// What to do when the spool is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFull {
+    /// Drop the batch, count it, log it.
+    Drop,
+    /// Keep the batch and refuse new requests until it is written.
+    Reject,
+}
+
+/// Counters read by metrics and the request path.
+#[derive(Debug, Default)]
+pub struct AuditStats {
+    pub accepted: AtomicU64,
+    pub written: AtomicU64,
+    pub spooled: AtomicU64,
+    pub replayed: AtomicU64,
+    pub dropped: AtomicU64,
+    pub store_failures: AtomicU64,
+    pub spool_bytes: AtomicU64,
+    /// Set while the spool is full in `reject` mode.
+    pub rejecting: AtomicBool,
+}
+
+struct Inner<R> {
+    pending: VecDeque<R>,
+    /// The batch being written; cleared only once it is durable.
+    inflight: Option<Arc<Vec<R>>>,
+}
+
+/// The bounded queue between the request path and the writer.
+pub struct AuditQueue<R> {
+    inner: Mutex<Inner<R>>,
+    capacity: usize,
+    batch: usize,
+    pub stats: AuditStats,
+    writer: Slot<AuditMsg>,
+}
+
+impl<R: Send + Sync + 'static> AuditQueue<R> {
+    pub fn new(capacity: usize, batch: usize) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(Inner {
+                pending: VecDeque::new(),
+                inflight: None,
+            }),
+            capacity: capacity.max(1),
+            batch: batch.max(1),
+            stats: AuditStats::default(),
+            writer: Slot::default(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<R>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hand a record to the writer; never waits. False when the queue is full (counted as
+    /// dropped).
+    pub fn push(&self, rec: R) -> bool {
+        let len = {
+            let mut q = self.lock();
+            if q.pending.len() >= self.capacity {
+                drop(q);
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            q.pending.push_back(rec);
+            q.pending.len()
+        };
+        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        if len == self.batch {
+            self.writer.cast(AuditMsg::Drain);
+        }
+        true
+    }
+
+    /// Records waiting, the in-flight batch included.
+    pub fn depth(&self) -> usize {
+        let q = self.lock();
+        q.pending.len() + q.inflight.as_ref().map_or(0, |b| b.len())
+    }
+
+    /// The batch to write: the one left in flight (by a crashed writer, or a write that
+    /// failed), else a new one from the queue.
+    fn next_batch(&self) -> Option<Arc<Vec<R>>> {
+        let mut q = self.lock();
+        if let Some(b) = &q.inflight {
+            return Some(b.clone());
+        }
+        if q.pending.is_empty() {
+            return None;
+        }
+        let n = q.pending.len().min(self.batch);
+        let b = Arc::new(q.pending.drain(..n).collect::<Vec<_>>());
+        q.inflight = Some(b.clone());
+        Some(b)
+    }
+
+    fn done(&self) {
+        self.lock().inflight = None;
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.lock().pending.is_empty()
+    }
+}
+
+pub enum AuditMsg {
+    /// Write what is queued (timer, or a full batch).
+    Drain,
+    /// Write everything queued now, to the store or else the spool; reply when done.
+    Flush(RpcReplyPort<()>),
+    /// Panic (fault injection).
+    Crash,
+}
+
+/// Timing of the writer.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Longest time a record waits in memory before it is written (and synced).
+    pub flush_interval: Duration,
+    /// Longest wait for one store write before the batch goes to the spool.
+    pub store_timeout: Duration,
+    pub on_full: OnFull,
+    /// Between replay attempts while the store is failing: first, and at most.
+    pub replay_backoff: (Duration, Duration),
+    pub maintain_every: Duration,
+}
+
+pub struct AuditArgs<P: AuditPort> {
+    pub port: Arc<P>,
+    pub queue: Arc<AuditQueue<P::Record>>,
+    pub cfg: WriterConfig,
+}
+
+pub struct AuditWriter<P>(std::marker::PhantomData<fn() -> P>);
+
+impl<P> Default for AuditWriter<P> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+pub struct WriterState<P: AuditPort> {
+    port: Arc<P>,
+    queue: Arc<AuditQueue<P::Record>>,
+    cfg: WriterConfig,
+    /// While true, new batches go behind the spooled ones.
+    spooling: bool,
+    replay_at: Instant,
+    replay_delay: Duration,
+    maintain_at: Instant,
+    full_logged_at: Option<Instant>,
+}
+
+impl<P: AuditPort> Actor for AuditWriter<P> {
+    type Msg = AuditMsg;
+    type State = WriterState<P>;
+    type Arguments = AuditArgs<P>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<AuditMsg>,
+        args: AuditArgs<P>,
+    ) -> Result<WriterState<P>, ActorProcessingErr> {
+        args.queue.writer.set(myself.clone());
+        let spooling = args.port.spooled();
+        if spooling {
+            info!(
+                bytes = args.port.spool_bytes(),
+                "audit spool holds records; replaying"
+            );
+        }
+        myself.send_after(args.cfg.flush_interval, || AuditMsg::Drain);
+        let now = Instant::now();
+        Ok(WriterState {
+            port: args.port,
+            queue: args.queue,
+            cfg: args.cfg,
+            spooling,
+            replay_at: now,
+            replay_delay: args.cfg.replay_backoff.0,
+            maintain_at: now,
+            full_logged_at: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<AuditMsg>,
+        msg: AuditMsg,
+        st: &mut WriterState<P>,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AuditMsg::Drain => {
+                st.drain().await;
+                st.replay().await;
+                if Instant::now() >= st.maintain_at {
+                    st.maintain_at = Instant::now() + st.cfg.maintain_every;
+                    st.port.maintain().await;
+                }
+                st.publish();
+                // A full batch casts Drain as well; only the timer re-arms itself.
+                if !st.queue.has_pending() {
+                    myself.send_after(st.cfg.flush_interval, || AuditMsg::Drain);
+                } else {
+                    let _ = myself.cast(AuditMsg::Drain);
+                }
+            }
+            AuditMsg::Flush(reply) => {
+                st.drain().await;
+                st.publish();
+                let _ = reply.send(());
+            }
+            AuditMsg::Crash => panic!("audit writer crash (fault injection)"),
+        }
+        Ok(())
+    }
+}
+
+impl<P: AuditPort> WriterState<P> {
+    /// Write the batches queued now (not those that arrive meanwhile: under steady traffic
+    /// the queue never empties, and the mailbox, with `Flush` and supervision, must still
+    /// be served), stopping early if a batch cannot be placed anywhere.
+    async fn drain(&mut self) {
+        let rounds = self.queue.depth().div_ceil(self.queue.batch).max(1);
+        for _ in 0..rounds {
+            let Some(batch) = self.queue.next_batch() else {
+                return;
+            };
+            if !self.spooling {
+                let stored =
+                    tokio::time::timeout(self.cfg.store_timeout, self.port.store(&batch)).await;
+                match stored {
+                    Ok(Ok(())) => {
+                        self.queue.done();
+                        self.queue
+                            .stats
+                            .written
+                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        continue;
+                    }
+                    Ok(Err(e)) => warn!(error = %e, "audit store failed; spooling"),
+                    Err(_) => warn!("audit store timed out; spooling"),
+                }
+                self.queue
+                    .stats
+                    .store_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.spooling = true;
+                self.replay_at = Instant::now() + self.replay_delay;
+            }
+            match self.port.spool(&batch).await {
+                Ok(()) => {
+                    self.queue.done();
+                    self.queue
+                        .stats
+                        .spooled
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    self.queue.stats.rejecting.store(false, Ordering::Release);
+                }
+                Err(e) => {
+                    self.log_full(&e, batch.len());
+                    match self.cfg.on_full {
+                        OnFull::Drop => {
+                            self.queue.done();
+                            self.queue
+                                .stats
+                                .dropped
+                                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        }
+                        OnFull::Reject => {
+                            // Kept in flight: retried next round, while new requests are
+                            // refused so the queue stops growing.
+                            self.queue.stats.rejecting.store(true, Ordering::Release);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replay the spool into the store while it answers; back off while it does not.
+    async fn replay(&mut self) {
+        if !self.spooling || Instant::now() < self.replay_at {
+            return;
+        }
+        let batch = self.queue.batch;
+        let started = Instant::now();
+        loop {
+            let r = tokio::time::timeout(self.cfg.store_timeout, self.port.replay(batch)).await;
+            match r {
+                Ok(Ok(true)) => {
+                    info!("audit spool replayed; writing to the store again");
+                    self.spooling = false;
+                    self.replay_delay = self.cfg.replay_backoff.0;
+                    self.queue.stats.rejecting.store(false, Ordering::Release);
+                    return;
+                }
+                Ok(Ok(false)) => {
+                    self.queue
+                        .stats
+                        .replayed
+                        .fetch_add(batch as u64, Ordering::Relaxed);
+                    self.replay_delay = self.cfg.replay_backoff.0;
+                    // Keep the queue moving: new records are spooled between rounds.
+                    if started.elapsed() >= self.cfg.flush_interval {
+                        return;
+                    }
+                }
+                Ok(Err(_)) | Err(_) => {
+                    self.replay_at = Instant::now() + self.replay_delay;
+                    self.replay_delay = (self.replay_delay * 2).min(self.cfg.replay_backoff.1);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn publish(&self) {
+        self.queue
+            .stats
+            .spool_bytes
+            .store(self.port.spool_bytes(), Ordering::Relaxed);
+    }
+
+    fn log_full(&mut self, e: &SpoolError, n: usize) {
+        let now = Instant::now();
+        if self
+            .full_logged_at
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+        {
+            self.full_logged_at = Some(now);
+            warn!(error = %e, records = n, on_full = ?self.cfg.on_full, "audit records cannot be spooled");
+        }
+    }
+}
+
+/// The request path's view of the writer.
+pub struct AuditHandle<R> {
+    pub queue: Arc<AuditQueue<R>>,
+}
+
+impl<R: Send + Sync + 'static> AuditHandle<R> {
+    /// Write everything queued (shutdown), within `timeout`. False if it did not finish.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let Some(writer) = self.queue.writer.get() else {
+            return false;
+        };
+        matches!(
+            writer.call(AuditMsg::Flush, Some(timeout)).await,
+            Ok(ractor::rpc::CallResult::Success(()))
+        )
+    }
+
+    /// False while the spool is full in `reject` mode.
+    pub fn accepting(&self) -> bool {
+        !self.queue.stats.rejecting.load(Ordering::Acquire)
+    }
+
+    /// Panic the writer (fault injection); false if none runs.
+    pub fn crash(&self) -> bool {
+        self.queue.writer.cast(AuditMsg::Crash)
+    }
+}
+
+impl<R> Clone for AuditHandle<R> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// A store that can be switched off, and a spool with a cap, both in memory.
+    #[derive(Default)]
+    struct Mem {
+        down: AtomicBool,
+        stored: Mutex<Vec<u64>>,
+        spool: Mutex<VecDeque<u64>>,
+        spool_cap: usize,
+        panic_once: AtomicBool,
+    }
+
+    impl AuditPort for Mem {
+        type Record = u64;
+        fn store<'a>(&'a self, batch: &'a [u64]) -> BoxFuture<'a, Result<(), String>> {
+            Box::pin(async move {
+                if self.down.load(Ordering::SeqCst) {
+                    return Err("down".into());
+                }
+                let mut s = self.stored.lock().expect("lock");
+                // Idempotent per record, like ON CONFLICT DO NOTHING.
+                for r in batch {
+                    if !s.contains(r) {
+                        s.push(*r);
+                    }
+                }
+                drop(s);
+                if self.panic_once.swap(false, Ordering::SeqCst) {
+                    panic!("after writing, before acknowledging");
+                }
+                Ok(())
+            })
+        }
+        fn spool<'a>(&'a self, batch: &'a [u64]) -> BoxFuture<'a, Result<(), SpoolError>> {
+            Box::pin(async move {
+                let mut s = self.spool.lock().expect("lock");
+                if s.len() + batch.len() > self.spool_cap {
+                    return Err(SpoolError::Full);
+                }
+                s.extend(batch);
+                Ok(())
+            })
+        }
+        fn replay(&self, max: usize) -> BoxFuture<'_, Result<bool, String>> {
+            Box::pin(async move {
+                if self.down.load(Ordering::SeqCst) {
+                    return Err("down".into());
+                }
+                let mut s = self.spool.lock().expect("lock");
+                let n = s.len().min(max);
+                let batch: Vec<u64> = s.drain(..n).collect();
+                self.stored.lock().expect("lock").extend(batch);
+                Ok(s.is_empty())
+            })
+        }
+        fn spooled(&self) -> bool {
+            !self.spool.lock().expect("lock").is_empty()
+        }
+        fn spool_bytes(&self) -> u64 {
+            self.spool.lock().expect("lock").len() as u64 * 8
+        }
+        fn maintain(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    fn cfg(on_full: OnFull) -> WriterConfig {
+        WriterConfig {
+            flush_interval: Duration::from_millis(5),
+            store_timeout: Duration::from_millis(500),
+            on_full,
+            replay_backoff: (Duration::from_millis(5), Duration::from_millis(20)),
+            maintain_every: Duration::from_secs(3600),
+        }
+    }
+
+    async fn start(port: Arc<Mem>, on_full: OnFull) -> (ActorRef<AuditMsg>, Arc<AuditQueue<u64>>) {
+        let queue = AuditQueue::new(100_000, 50);
+        let (a, _) = Actor::spawn(
+            None,
+            AuditWriter::<Mem>::default(),
+            AuditArgs {
+                port,
+                queue: queue.clone(),
+                cfg: cfg(on_full),
+            },
+        )
+        .await
+        .expect("spawn");
+        (a, queue)
+    }
+
+    async fn until(mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "condition not met in 10 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_outage_spools_then_replays_everything_once_in_order() {
+        let port = Arc::new(Mem {
+            spool_cap: 1_000_000,
+            ..Default::default()
+        });
+        let (_a, q) = start(port.clone(), OnFull::Drop).await;
+        for i in 0..1_000 {
+            q.push(i);
+        }
+        until(|| port.stored.lock().expect("lock").len() == 1_000).await;
+        port.down.store(true, Ordering::SeqCst);
+        for i in 1_000..3_000 {
+            q.push(i);
+        }
+        until(|| port.spool.lock().expect("lock").len() == 2_000).await;
+        port.down.store(false, Ordering::SeqCst);
+        for i in 3_000..4_000 {
+            q.push(i);
+        }
+        until(|| port.stored.lock().expect("lock").len() == 4_000).await;
+        let stored = port.stored.lock().expect("lock").clone();
+        assert_eq!(
+            stored,
+            (0..4_000).collect::<Vec<_>>(),
+            "once each, in order"
+        );
+        assert_eq!(q.stats.dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_panics_mid_batch_loses_nothing() {
+        let port = Arc::new(Mem {
+            spool_cap: 1_000_000,
+            ..Default::default()
+        });
+        port.panic_once.store(true, Ordering::SeqCst);
+        let (a, q) = start(port.clone(), OnFull::Drop).await;
+        for i in 0..500 {
+            q.push(i);
+        }
+        // The writer died after its first batch; a new one finds the queue and the batch.
+        until(|| a.get_status() == ractor::ActorStatus::Stopped).await;
+        let (_b, _) = {
+            let (b, h) = Actor::spawn(
+                None,
+                AuditWriter::<Mem>::default(),
+                AuditArgs {
+                    port: port.clone(),
+                    queue: q.clone(),
+                    cfg: cfg(OnFull::Drop),
+                },
+            )
+            .await
+            .expect("respawn");
+            (b, h)
+        };
+        until(|| port.stored.lock().expect("lock").len() == 500).await;
+        let set: BTreeSet<u64> = port.stored.lock().expect("lock").iter().copied().collect();
+        assert_eq!(set.len(), 500);
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_rejects_until_room_returns_in_reject_mode() {
+        let port = Arc::new(Mem {
+            spool_cap: 100,
+            ..Default::default()
+        });
+        port.down.store(true, Ordering::SeqCst);
+        let (_a, q) = start(port.clone(), OnFull::Reject).await;
+        let h = AuditHandle { queue: q.clone() };
+        for i in 0..300 {
+            q.push(i);
+        }
+        until(|| !h.accepting()).await;
+        assert_eq!(
+            q.stats.dropped.load(Ordering::Relaxed),
+            0,
+            "nothing dropped"
+        );
+        port.down.store(false, Ordering::SeqCst);
+        until(|| h.accepting() && port.stored.lock().expect("lock").len() == 300).await;
+        let set: BTreeSet<u64> = port.stored.lock().expect("lock").iter().copied().collect();
+        assert_eq!(set, (0..300).collect());
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_drops_and_counts_in_drop_mode() {
+        let port = Arc::new(Mem {
+            spool_cap: 100,
+            ..Default::default()
+        });
+        port.down.store(true, Ordering::SeqCst);
+        let (_a, q) = start(port.clone(), OnFull::Drop).await;
+        let h = AuditHandle { queue: q.clone() };
+        for i in 0..300 {
+            q.push(i);
+        }
+        until(|| q.depth() == 0).await;
+        assert!(h.accepting());
+        assert_eq!(q.stats.dropped.load(Ordering::Relaxed), 200);
+        assert_eq!(port.spool.lock().expect("lock").len(), 100);
+    }
+
+    #[tokio::test]
+    async fn flush_writes_everything_queued() {
+        let port = Arc::new(Mem {
+            spool_cap: 1_000_000,
+            ..Default::default()
+        });
+        let (_a, q) = start(port.clone(), OnFull::Drop).await;
+        for i in 0..10_000 {
+            q.push(i);
+        }
+        let h = AuditHandle { queue: q.clone() };
+        assert!(h.flush(Duration::from_secs(10)).await);
+        assert_eq!(port.stored.lock().expect("lock").len(), 10_000);
+    }
+}

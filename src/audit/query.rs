@@ -1,0 +1,447 @@
+//! The admin API's questions to the audit log: filters and cursor paging for
+//! `/admin/audit/requests` and `/admin/audit/activity`, daily totals for `/admin/usage`,
+//! parsed from the query string, answered by PostgreSQL or (without a database) by a scan of
+//! the local journal, and rendered the same way for both.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::record::{ActivityEntry, AuditRecord, RequestEntry};
+
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("{reason}")]
+    Invalid { param: &'static str, reason: String },
+    #[error("the audit log cannot be read right now; retry shortly")]
+    Unavailable,
+}
+
+/// Which records a listing returns.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub user_id: Option<Uuid>,
+    pub key_id: Option<String>,
+    pub model: Option<String>,
+    pub status: Option<u16>,
+    pub action: Option<String>,
+    pub since_us: Option<i64>,
+    pub until_us: Option<i64>,
+}
+
+/// Newest first; `after` is the `last_id` of the previous page.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub limit: usize,
+    pub after: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    User,
+    Key,
+    Model,
+}
+
+impl GroupBy {
+    pub fn column(self) -> &'static str {
+        match self {
+            GroupBy::User => "user_id",
+            GroupBy::Key => "key_id",
+            GroupBy::Model => "model",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct UsageQuery {
+    pub group_by: GroupBy,
+    pub since_us: i64,
+    pub until_us: i64,
+}
+
+/// One day's totals for one group.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UsageRow {
+    pub day: String,
+    pub group: Option<String>,
+    pub requests: i64,
+    pub errors: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+fn invalid(param: &'static str, reason: impl Into<String>) -> QueryError {
+    QueryError::Invalid {
+        param,
+        reason: reason.into(),
+    }
+}
+
+/// RFC 3339, a date (`2026-11-28`, midnight UTC) or Unix seconds.
+fn time(param: &'static str, v: &str) -> Result<i64, QueryError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(v) {
+        return Ok(t.timestamp_micros());
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(v, "%Y-%m-%d") {
+        if let Some(t) = d.and_hms_opt(0, 0, 0) {
+            return Ok(t.and_utc().timestamp_micros());
+        }
+    }
+    if let Ok(secs) = v.parse::<i64>() {
+        if let Some(us) = secs.checked_mul(1_000_000) {
+            return Ok(us);
+        }
+    }
+    Err(invalid(
+        param,
+        format!("{param} must be an RFC 3339 time, a date (YYYY-MM-DD) or Unix seconds"),
+    ))
+}
+
+fn pairs(query: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// Parses a listing's query string; unknown parameters are refused so a typo in a filter
+/// never silently returns everything.
+pub fn parse_list(query: Option<&str>, activity: bool) -> Result<(Filter, Page), QueryError> {
+    let mut f = Filter::default();
+    let mut page = Page {
+        limit: DEFAULT_LIMIT,
+        after: None,
+    };
+    for (k, v) in pairs(query) {
+        match k.as_str() {
+            "user_id" => {
+                f.user_id = Some(
+                    Uuid::parse_str(&v)
+                        .map_err(|_| invalid("user_id", "user_id must be a UUID"))?,
+                )
+            }
+            "key_id" => f.key_id = Some(v),
+            "model" if !activity => f.model = Some(v),
+            "status" if !activity => {
+                f.status = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|s| (100..600).contains(s))
+                        .ok_or_else(|| invalid("status", "status must be an HTTP status code"))?,
+                )
+            }
+            "action" if activity => f.action = Some(v),
+            "since" => f.since_us = Some(time("since", &v)?),
+            "until" => f.until_us = Some(time("until", &v)?),
+            "limit" => {
+                page.limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        invalid("limit", format!("limit must be between 1 and {MAX_LIMIT}"))
+                    })?
+            }
+            "after" => {
+                page.after = Some(
+                    Uuid::parse_str(&v)
+                        .map_err(|_| invalid("after", "after must be the last_id of a page"))?,
+                )
+            }
+            _ => {
+                return Err(QueryError::Invalid {
+                    param: "query",
+                    reason: format!("unknown query parameter {k:?}"),
+                })
+            }
+        }
+    }
+    Ok((f, page))
+}
+
+pub fn parse_usage(query: Option<&str>, now_us: i64) -> Result<UsageQuery, QueryError> {
+    let mut group_by = None;
+    let (mut since, mut until) = (None, None);
+    for (k, v) in pairs(query) {
+        match k.as_str() {
+            "group_by" => {
+                group_by = Some(match v.as_str() {
+                    "user" => GroupBy::User,
+                    "key" => GroupBy::Key,
+                    "model" => GroupBy::Model,
+                    _ => return Err(invalid("group_by", "group_by must be user, key or model")),
+                })
+            }
+            "since" => since = Some(time("since", &v)?),
+            "until" => until = Some(time("until", &v)?),
+            _ => {
+                return Err(QueryError::Invalid {
+                    param: "query",
+                    reason: format!("unknown query parameter {k:?}"),
+                })
+            }
+        }
+    }
+    let until_us = until.unwrap_or(now_us);
+    // Thirty days by default, like most usage dashboards.
+    let since_us = since.unwrap_or(until_us - 30 * 86_400 * 1_000_000);
+    if since_us > until_us {
+        return Err(invalid("since", "since must not be after until"));
+    }
+    Ok(UsageQuery {
+        group_by: group_by.unwrap_or(GroupBy::Model),
+        since_us,
+        until_us,
+    })
+}
+
+pub fn rfc3339(us: i64) -> String {
+    DateTime::<Utc>::from_timestamp_micros(us)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+pub fn day(us: i64) -> String {
+    DateTime::<Utc>::from_timestamp_micros(us)
+        .unwrap_or_default()
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+pub fn request_json(r: &RequestEntry) -> Value {
+    let mut v = json!({
+        "id": r.id,
+        "object": "audit.request",
+        "created_at": rfc3339(r.ts_us),
+        "request_id": r.request_id,
+        "user_id": r.user_id,
+        "key_id": r.key_id,
+        "client_addr": r.client_addr,
+        "method": r.method,
+        "endpoint": r.endpoint,
+        "model": r.model,
+        "backend": r.backend,
+        "stream": r.stream,
+        "status": r.status,
+        "error_type": r.error_type,
+        "attempts": r.attempts,
+        "latency_ms": r.latency_ms,
+        "ttft_ms": r.ttft_ms,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+    });
+    if let Some(b) = &r.request_body {
+        v["request_body"] = Value::String(b.clone());
+    }
+    if let Some(b) = &r.response_body {
+        v["response_body"] = Value::String(b.clone());
+    }
+    v
+}
+
+pub fn activity_json(a: &ActivityEntry) -> Value {
+    json!({
+        "id": a.id,
+        "object": "audit.activity",
+        "created_at": rfc3339(a.ts_us),
+        "action": a.action,
+        "outcome": a.outcome,
+        "actor_user_id": a.actor_user_id,
+        "actor_key_id": a.actor_key_id,
+        "target": a.target,
+        "client_addr": a.client_addr,
+        "request_id": a.request_id,
+        "detail": a.detail,
+    })
+}
+
+/// `{object: "list", data, has_more, last_id}` from up to `limit + 1` rows.
+pub fn list_json(mut rows: Vec<(Uuid, Value)>, limit: usize) -> Value {
+    let has_more = rows.len() > limit;
+    rows.truncate(limit);
+    let last_id = rows.last().map(|(id, _)| id.to_string());
+    json!({
+        "object": "list",
+        "data": rows.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        "has_more": has_more,
+        "first_id": Value::Null,
+        "last_id": last_id,
+    })
+}
+
+pub fn usage_json(q: &UsageQuery, rows: &[UsageRow]) -> Value {
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let mut v = json!({
+                "object": "audit.usage",
+                "date": r.day,
+                "requests": r.requests,
+                "errors": r.errors,
+                "prompt_tokens": r.prompt_tokens,
+                "completion_tokens": r.completion_tokens,
+                "total_tokens": r.prompt_tokens + r.completion_tokens,
+            });
+            v[q.group_by.column()] = json!(r.group);
+            v
+        })
+        .collect();
+    json!({
+        "object": "list",
+        "group_by": match q.group_by { GroupBy::User => "user", GroupBy::Key => "key", GroupBy::Model => "model" },
+        "since": rfc3339(q.since_us),
+        "until": rfc3339(q.until_us),
+        "data": data,
+    })
+}
+
+// --- answering from a scan (the journal) ---
+
+fn in_window(f: &Filter, ts: i64) -> bool {
+    f.since_us.is_none_or(|s| ts >= s) && f.until_us.is_none_or(|u| ts < u)
+}
+
+fn request_matches(f: &Filter, r: &RequestEntry) -> bool {
+    in_window(f, r.ts_us)
+        && f.user_id.is_none_or(|u| r.user_id == Some(u))
+        && f.key_id
+            .as_ref()
+            .is_none_or(|k| r.key_id.as_ref() == Some(k))
+        && f.model.as_ref().is_none_or(|m| r.model.as_ref() == Some(m))
+        && f.status.is_none_or(|s| r.status == s)
+}
+
+fn activity_matches(f: &Filter, a: &ActivityEntry) -> bool {
+    in_window(f, a.ts_us)
+        && f.user_id.is_none_or(|u| a.actor_user_id == Some(u))
+        && f.key_id
+            .as_ref()
+            .is_none_or(|k| a.actor_key_id.as_ref() == Some(k))
+        && f.action.as_ref().is_none_or(|x| &a.action == x)
+}
+
+/// Newest first, one row per id, from `after` on; `limit + 1` rows at most.
+fn page_of<T>(
+    mut rows: Vec<(i64, Uuid, T)>,
+    page: Page,
+) -> Result<Vec<(i64, Uuid, T)>, QueryError> {
+    rows.sort_by_key(|r| std::cmp::Reverse((r.0, r.1)));
+    let mut seen = HashSet::new();
+    rows.retain(|r| seen.insert(r.1));
+    let start = match page.after {
+        None => 0,
+        Some(id) => {
+            rows.iter()
+                .position(|r| r.1 == id)
+                .ok_or_else(|| invalid("after", "after is not the id of a record"))?
+                + 1
+        }
+    };
+    Ok(rows.into_iter().skip(start).take(page.limit + 1).collect())
+}
+
+pub fn scan_requests(all: &[AuditRecord], f: &Filter, page: Page) -> Result<Value, QueryError> {
+    let rows = all
+        .iter()
+        .filter_map(|r| match r {
+            AuditRecord::Request(r) if request_matches(f, r) => Some((r.ts_us, r.id, r)),
+            _ => None,
+        })
+        .collect();
+    let rows = page_of(rows, page)?;
+    Ok(list_json(
+        rows.into_iter()
+            .map(|(_, id, r)| (id, request_json(r)))
+            .collect(),
+        page.limit,
+    ))
+}
+
+pub fn scan_activity(all: &[AuditRecord], f: &Filter, page: Page) -> Result<Value, QueryError> {
+    let rows = all
+        .iter()
+        .filter_map(|r| match r {
+            AuditRecord::Activity(a) if activity_matches(f, a) => Some((a.ts_us, a.id, a)),
+            _ => None,
+        })
+        .collect();
+    let rows = page_of(rows, page)?;
+    Ok(list_json(
+        rows.into_iter()
+            .map(|(_, id, a)| (id, activity_json(a)))
+            .collect(),
+        page.limit,
+    ))
+}
+
+pub fn scan_usage(all: &[AuditRecord], q: &UsageQuery) -> Vec<UsageRow> {
+    let mut seen = HashSet::new();
+    let mut sums: BTreeMap<(String, Option<String>), UsageRow> = BTreeMap::new();
+    for r in all {
+        let AuditRecord::Request(r) = r else { continue };
+        if r.ts_us < q.since_us || r.ts_us >= q.until_us || !seen.insert(r.id) {
+            continue;
+        }
+        let group = match q.group_by {
+            GroupBy::User => r.user_id.map(|u| u.to_string()),
+            GroupBy::Key => r.key_id.clone(),
+            GroupBy::Model => r.model.clone(),
+        };
+        let d = day(r.ts_us);
+        let row = sums
+            .entry((d.clone(), group.clone()))
+            .or_insert_with(|| UsageRow {
+                day: d,
+                group,
+                requests: 0,
+                errors: 0,
+                prompt_tokens: 0,
+                completion_tokens: 0,
+            });
+        row.requests += 1;
+        row.errors += i64::from(r.status >= 400);
+        row.prompt_tokens += r.prompt_tokens.unwrap_or(0) as i64;
+        row.completion_tokens += r.completion_tokens.unwrap_or(0) as i64;
+    }
+    sums.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_in_three_spellings() {
+        let a = time("since", "2026-11-28T00:00:00Z").expect("rfc3339");
+        assert_eq!(time("since", "2026-11-28").expect("date"), a);
+        assert_eq!(
+            time("since", &(a / 1_000_000).to_string()).expect("secs"),
+            a
+        );
+        assert!(time("since", "yesterday").is_err());
+    }
+
+    #[test]
+    fn unknown_and_bad_parameters_are_refused() {
+        assert!(parse_list(Some("modle=x"), false).is_err());
+        assert!(parse_list(Some("limit=0"), false).is_err());
+        assert!(parse_list(Some("limit=1001"), false).is_err());
+        assert!(parse_list(Some("status=abc"), false).is_err());
+        assert!(
+            parse_list(Some("model=x"), true).is_err(),
+            "activity has no model"
+        );
+        let (f, p) = parse_list(Some("model=m&status=200&limit=5"), false).expect("ok");
+        assert_eq!(
+            (f.model.as_deref(), f.status, p.limit),
+            (Some("m"), Some(200), 5)
+        );
+        assert!(parse_usage(Some("group_by=team"), 0).is_err());
+    }
+}

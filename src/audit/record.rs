@@ -1,0 +1,179 @@
+//! What the audit log stores: one entry per request and one per administrative or security
+//! action, serialisable as one JSON line (spool and journal) and as one table row.
+//!
+//! The entry's `id` and `ts` are fixed when it is made, so writing it twice (a replay after
+//! a crash, a retried batch) stores it once. No entry ever holds a secret.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::identity::ActivityEvent;
+use crate::outcome::RequestRecord;
+use crate::principal::Principal;
+
+/// One JSON line: `{"request": {...}}` or `{"activity": {...}}`. Externally tagged on
+/// purpose: an internally tagged enum is read through serde's buffered content, which
+/// cannot hold the numbers of `serde_json`'s `arbitrary_precision` (the workspace's setting).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditRecord {
+    Request(RequestEntry),
+    Activity(ActivityEntry),
+}
+
+impl AuditRecord {
+    pub fn id(&self) -> Uuid {
+        match self {
+            AuditRecord::Request(r) => r.id,
+            AuditRecord::Activity(a) => a.id,
+        }
+    }
+
+    pub fn ts_us(&self) -> i64 {
+        match self {
+            AuditRecord::Request(r) => r.ts_us,
+            AuditRecord::Activity(a) => a.ts_us,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestEntry {
+    pub id: Uuid,
+    /// Microseconds since the Unix epoch when the request arrived.
+    pub ts_us: i64,
+    pub request_id: String,
+    pub user_id: Option<Uuid>,
+    pub key_id: Option<String>,
+    pub client_addr: String,
+    pub method: String,
+    pub endpoint: String,
+    pub model: Option<String>,
+    pub backend: Option<String>,
+    pub stream: bool,
+    pub status: u16,
+    pub error_type: Option<String>,
+    pub attempts: u32,
+    pub latency_ms: f64,
+    pub ttft_ms: Option<f64>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivityEntry {
+    pub id: Uuid,
+    pub ts_us: i64,
+    /// `login`, `user_create`, `key_delete`, `backend_drain`, `discovery_refresh`,
+    /// `config_start`, `config_reload`, ...
+    pub action: String,
+    /// `success`, `failure` or `denied`.
+    pub outcome: String,
+    pub actor_user_id: Option<Uuid>,
+    pub actor_key_id: Option<String>,
+    pub target: Option<String>,
+    pub client_addr: Option<String>,
+    pub request_id: Option<String>,
+    pub detail: Value,
+}
+
+pub fn micros(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Who, as stored: the account and the credential, never the secret.
+fn who(p: Option<&Principal>) -> (Option<Uuid>, Option<String>) {
+    match p {
+        Some(p) => (p.user_id, Some(p.key_id.clone())),
+        None => (None, None),
+    }
+}
+
+impl RequestEntry {
+    pub fn from_outcome(r: &RequestRecord) -> RequestEntry {
+        let (user_id, key_id) = who(r.principal.as_deref());
+        RequestEntry {
+            id: Uuid::new_v4(),
+            ts_us: micros(r.ts),
+            request_id: r.id.clone(),
+            user_id,
+            key_id,
+            client_addr: r.client_addr.to_string(),
+            method: r.method.to_string(),
+            endpoint: r.endpoint.clone(),
+            model: r.model.clone(),
+            backend: r.backend.as_ref().map(|b| b.as_str().to_owned()),
+            stream: r.stream,
+            status: r.status,
+            error_type: r.error.map(str::to_owned),
+            attempts: r.attempts,
+            latency_ms: ms(r.latency),
+            ttft_ms: r.ttfb.map(ms),
+            prompt_tokens: r.prompt_tokens,
+            completion_tokens: r.completion_tokens,
+            request_body: r.bodies.as_ref().and_then(|b| b.request.clone()),
+            response_body: r.bodies.as_ref().and_then(|b| b.response.clone()),
+        }
+    }
+}
+
+impl ActivityEntry {
+    pub fn new(action: &str, outcome: &str) -> ActivityEntry {
+        ActivityEntry {
+            id: Uuid::new_v4(),
+            ts_us: micros(SystemTime::now()),
+            action: action.to_owned(),
+            outcome: outcome.to_owned(),
+            actor_user_id: None,
+            actor_key_id: None,
+            target: None,
+            client_addr: None,
+            request_id: None,
+            detail: Value::Object(Default::default()),
+        }
+    }
+
+    /// An action taken by `who` (an admin route's caller).
+    pub fn by(mut self, who: Option<&Principal>) -> ActivityEntry {
+        (self.actor_user_id, self.actor_key_id) = self::who(who);
+        self
+    }
+
+    pub fn target(mut self, target: impl Into<String>) -> ActivityEntry {
+        self.target = Some(target.into());
+        self
+    }
+
+    pub fn detail(mut self, detail: Value) -> ActivityEntry {
+        self.detail = detail;
+        self
+    }
+
+    pub fn from_event(e: ActivityEvent) -> ActivityEntry {
+        ActivityEntry {
+            id: Uuid::new_v4(),
+            ts_us: micros(SystemTime::now()),
+            action: e.action.to_owned(),
+            outcome: e.outcome.to_owned(),
+            actor_user_id: e.actor_user_id,
+            actor_key_id: e.actor_key_id,
+            target: e.target,
+            client_addr: e.client_ip.map(|ip| ip.to_string()),
+            request_id: None,
+            detail: e.detail,
+        }
+    }
+}
