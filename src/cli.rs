@@ -467,11 +467,19 @@ LLMMux demo: gateway on http://{addr} in front of 3 simulated vLLM servers
   curl -s http://{addr}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
     -d '{{"model":"qwen3-8b","messages":[{{"role":"user","content":"Weather in Paris?"}}],"tools":[{{"type":"function","function":{{"name":"get_weather","parameters":{{"type":"object","properties":{{"city":{{"type":"string"}}}},"required":["city"]}}}}}}]}}'
   curl -s http://{addr}/admin/backends -H 'Authorization: Bearer {admin}'
+  # the audit log of every request and admin action (kept in {journal}):
+  curl -s 'http://{addr}/admin/audit/requests?limit=5' -H 'Authorization: Bearer {admin}'
+  curl -s 'http://{addr}/admin/usage?group_by=model' -H 'Authorization: Bearer {admin}'
 
   python -c 'from openai import OpenAI; c = OpenAI(base_url="http://{addr}/v1", api_key="{key}"); print(c.chat.completions.create(model="qwen3-8b", messages=[{{"role":"user","content":"Hi"}}]).choices[0].message.content)'
 
 Ctrl-C stops the demo.
 "#,
+        journal = if cfg.audit_enabled {
+            cfg.audit_journal_path.display().to_string()
+        } else {
+            "nowhere: AUDIT_ENABLED=false".into()
+        },
         admin = cfg
             .admin_api_keys
             .first()

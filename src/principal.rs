@@ -146,36 +146,10 @@ impl Principal {
     }
 }
 
-/// `*` matches any run (also empty), `?` one character. Case-sensitive, unlike the
-/// tool-call family rules: model ids are case-sensitive on vLLM, and a permission must not
-/// match more than it says.
+/// Case-sensitive, unlike the tool-call family rules: model ids are case-sensitive on vLLM,
+/// and a permission must not match more than it says.
 pub fn glob_match(glob: &str, text: &str) -> bool {
-    let g: Vec<char> = glob.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut gi, mut ti) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match g.get(gi) {
-            Some('*') => {
-                star = Some((gi, ti));
-                gi += 1;
-            }
-            Some(&c) if c == '?' || t.get(ti) == Some(&c) => {
-                gi += 1;
-                ti += 1;
-            }
-            _ => match star {
-                Some((sg, st)) => {
-                    gi = sg + 1;
-                    ti = st + 1;
-                    star = Some((sg, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    g.get(gi..)
-        .is_some_and(|rest| rest.iter().all(|&c| c == '*'))
+    crate::glob::matches(glob, text, false)
 }
 
 #[cfg(test)]

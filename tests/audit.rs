@@ -254,35 +254,35 @@ async fn the_writer_panics_under_traffic_and_no_record_is_lost() {
         let addr = addr.clone();
         async move { send_load(&addr, "panic-", 0..3_000, 16, Some(1_000)).await }
     });
-    let mut crashed = 0;
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        if app
+    let restarts = || {
+        app.state
+            .lifecycle
+            .supervision
+            .lock()
+            .ok()
+            .and_then(|r| r.iter().find(|c| c.key == "audit").map(|c| c.restarts))
+            .unwrap_or(0)
+    };
+    for n in 1..=3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let crashed = app
             .state
             .faults
             .crash(llmmux::faults::ActorKind::Audit)
-            .await
-        {
-            crashed += 1;
-        }
+            .await;
+        assert!(crashed, "the writer was running at crash {n}");
+        // The next crash goes to the replacement, not to the writer already dying.
+        let restarted = eventually(Duration::from_secs(20), || async { restarts() >= n }).await;
+        assert!(
+            restarted,
+            "the supervisor restarted the writer after crash {n}"
+        );
     }
     let statuses = load.await.expect("load");
     assert_eq!(statuses.get(&200), Some(&3_000), "{statuses:?}");
-    assert_eq!(crashed, 3, "the writer was running each time");
     let got = until_audited(&db, "panic-", 3_000, Duration::from_secs(30)).await;
     exactly_once(&got, "panic-", 3_000);
-    let restarts = app
-        .state
-        .lifecycle
-        .supervision
-        .lock()
-        .ok()
-        .and_then(|r| r.iter().find(|c| c.key == "audit").map(|c| c.restarts))
-        .unwrap_or(0);
-    assert!(
-        restarts >= 3,
-        "the supervisor restarted the writer ({restarts})"
-    );
+    assert_eq!(restarts(), 3, "three restarts, one per crash");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

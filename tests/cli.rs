@@ -128,6 +128,24 @@ async fn demo_serves_simulated_models_and_repairs_tool_calls() {
         "{v}"
     );
     assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    // The embedded default keeps an audit journal: the admin key reads it back.
+    let audited = eventually(Duration::from_secs(5), || {
+        let c = c.clone();
+        let u = format!("{base}/admin/audit/requests?model=qwen3-8b");
+        async move {
+            let Ok(r) = c.get(u).bearer_auth("sk-demo-admin").send().await else {
+                return false;
+            };
+            r.json::<serde_json::Value>().await.is_ok_and(|v| {
+                v["data"].as_array().is_some_and(|d| {
+                    d.iter()
+                        .any(|r| r["endpoint"] == "/v1/chat/completions" && r["status"] == 200)
+                })
+            })
+        }
+    })
+    .await;
+    assert!(audited, "the demo's request is in its audit journal");
     assert_eq!(child.stop(), Some(0));
 }
 

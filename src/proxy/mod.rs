@@ -445,6 +445,18 @@ fn usage_of_body(body: &[u8]) -> Option<(u64, u64)> {
     struct Answer {
         usage: Option<Usage>,
     }
+    // vLLM writes `usage` last: read the object after the last `"usage":` instead of
+    // walking the whole answer (a key cannot be mistaken for text inside a string, where
+    // quotes are escaped). Anything unexpected falls back to the full parse.
+    if let Some(at) = memchr::memmem::rfind(body, b"\"usage\"") {
+        let rest = body[at + 7..].trim_ascii_start();
+        if let Some(value) = rest.strip_prefix(b":") {
+            let mut de = serde_json::Deserializer::from_slice(value);
+            if let Ok(u) = <Option<Usage> as serde::Deserialize>::deserialize(&mut de) {
+                return u.map(|u| (u.prompt_tokens, u.completion_tokens));
+            }
+        }
+    }
     let u = serde_json::from_slice::<Answer>(body).ok()?.usage?;
     Some((u.prompt_tokens, u.completion_tokens))
 }
@@ -470,11 +482,13 @@ impl Call<'_> {
         if self.ep != Endpoint::Chat {
             return None;
         }
+        // Most requests declare no tools: look that up before matching the model's id
+        // against the format rules.
+        let fields = self.p.tool_fields.as_ref()?;
         let family = self.cfg.tool_call_formats.family_for(&self.p.served);
         if family == Family::None {
             return None;
         }
-        let fields = self.p.tool_fields.as_ref()?;
         RequestTools::from_request(fields).map(|t| (family, t))
     }
 
@@ -571,18 +585,20 @@ impl Call<'_> {
     async fn try_once(&self, guard: InFlightGuard) -> Result<Started, AttemptError> {
         let backend = guard.backend().clone();
         let mut headers = self.headers.clone();
-        if let Some(ext) = backend.ext::<ServerExt>() {
+        let ext = backend.ext::<ServerExt>();
+        if let Some(ext) = ext {
             for (k, v) in &ext.headers {
                 headers.insert(k.clone(), v.clone());
             }
         }
-        let send = self
-            .proxy
-            .client
-            .post(format!("{}{}", backend.base_url, self.ep.path()))
-            .headers(headers)
-            .body(self.p.body.clone())
-            .send();
+        let request = match ext.and_then(|e| e.url(self.ep.path())) {
+            Some(url) => self.proxy.client.post(url),
+            None => self
+                .proxy
+                .client
+                .post(format!("{}{}", backend.base_url, self.ep.path())),
+        };
+        let send = request.headers(headers).body(self.p.body.clone()).send();
         let stream = self.p.stream;
         let work = async {
             let resp = send.await.map_err(|e| classify(&e))?;
@@ -672,3 +688,39 @@ fn whole(status: StatusCode, content_type: Option<HeaderValue>, body: Bytes) -> 
 
 /// Guards a committed stream holds until its pump ends.
 pub type StreamGuards = (InFlightGuard, OwnedSemaphorePermit);
+
+#[cfg(test)]
+mod tests {
+    use super::usage_of_body;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn usage_is_read_from_the_end_or_by_a_full_parse() {
+        let body = json!({"id": "c", "choices": [{"message": {"content": "x"}}],
+            "usage": {"prompt_tokens": 7, "total_tokens": 10, "completion_tokens": 3}});
+        assert_eq!(usage_of_body(body.to_string().as_bytes()), Some((7, 3)));
+        assert_eq!(usage_of_body(br#"{"usage": null}"#), None);
+        assert_eq!(usage_of_body(br#"{"choices": []}"#), None);
+        // A key named usage inside the answer, before the real one.
+        let body = json!({"choices": [{"message": {"tool_calls": [{"function":
+            {"arguments": {"usage": {"prompt_tokens": 99}}}}]}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 2}});
+        assert_eq!(usage_of_body(body.to_string().as_bytes()), Some((1, 2)));
+        // The last `"usage"` is no key: the full parse decides.
+        let body = br#"{"usage": {"prompt_tokens": 4, "completion_tokens": 5}, "x": ["usage"]}"#;
+        assert_eq!(usage_of_body(body), Some((4, 5)));
+    }
+
+    proptest! {
+        #[test]
+        fn any_content_gives_the_full_parse_answer(content in ".{0,40}", p in 0u64..1000, c in 0u64..1000, with_usage: bool) {
+            let mut body = json!({"choices": [{"message": {"content": content}}]});
+            if with_usage {
+                body["usage"] = json!({"prompt_tokens": p, "completion_tokens": c});
+            }
+            let text = body.to_string();
+            prop_assert_eq!(usage_of_body(text.as_bytes()), with_usage.then_some((p, c)));
+        }
+    }
+}

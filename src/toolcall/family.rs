@@ -132,7 +132,7 @@ impl FormatRules {
     /// necessarily the id the client sent.
     pub fn family_for(&self, model: &str) -> Family {
         self.rules()
-            .find(|(g, _)| glob_match(g, model))
+            .find(|(g, _)| crate::glob::matches(g, model, true))
             .map_or(Family::None, |(_, f)| f)
     }
 
@@ -143,34 +143,4 @@ impl FormatRules {
             .map(|(g, f)| (g.as_str(), *f))
             .chain(DEFAULT_RULES.iter().map(|(g, f)| (*g, *f)))
     }
-}
-
-/// `*` matches any run (also empty), `?` one character; ASCII case-insensitive.
-pub(crate) fn glob_match(glob: &str, text: &str) -> bool {
-    let g: Vec<char> = glob.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut gi, mut ti) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match g.get(gi) {
-            Some('*') => {
-                star = Some((gi, ti));
-                gi += 1;
-            }
-            Some(&c) if c == '?' || t.get(ti).is_some_and(|tc| tc.eq_ignore_ascii_case(&c)) => {
-                gi += 1;
-                ti += 1;
-            }
-            _ => match star {
-                Some((sg, st)) => {
-                    gi = sg + 1;
-                    ti = st + 1;
-                    star = Some((sg, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    g.get(gi..)
-        .is_some_and(|rest| rest.iter().all(|&c| c == '*'))
 }
