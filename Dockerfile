@@ -87,7 +87,11 @@ COPY --from=builder /build/migrations /app/migrations
 
 WORKDIR /app
 USER 10001:10001
-ENV PORT=8080 HOST=0.0.0.0
+# The audit log's writable paths (the spool; the journal used without DATABASE_URL) live in
+# the one directory the runtime user owns; mount a volume there to keep them.
+ENV PORT=8080 HOST=0.0.0.0 \
+    AUDIT_SPOOL_DIR=/var/lib/llmmux/spool \
+    AUDIT_JOURNAL_PATH=/var/lib/llmmux/audit.jsonl
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["llmmux","healthcheck"]
 ENTRYPOINT ["llmmux"]
