@@ -103,8 +103,7 @@ pub(super) async fn prepare_when_back(
                 }
             })?;
             if let Some((username, password)) = &admin {
-                ensure_initial_admin(db, passwords, username, password.expose(), activity)
-                    .await?;
+                ensure_initial_admin(db, passwords, username, password.expose(), activity).await?;
             }
             Ok::<(), IdentityError>(())
         };

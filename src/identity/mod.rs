@@ -377,8 +377,12 @@ impl Identity {
         }
         let (tx, listening) = watch::channel(false);
         let task = {
-            let (db, cache, passwords, activity) =
-                (db.clone(), cache.clone(), passwords.clone(), activity.clone());
+            let (db, cache, passwords, activity) = (
+                db.clone(),
+                cache.clone(),
+                passwords.clone(),
+                activity.clone(),
+            );
             let admin = settings
                 .admin_password
                 .as_ref()

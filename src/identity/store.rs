@@ -147,7 +147,11 @@ pub async fn user_by_id_for_update<C: GenericClient>(
 ) -> Result<Option<UserRow>, StorageError> {
     opt(
         c,
-        concat!("SELECT ", user_cols!(), " FROM users WHERE id = $1 FOR UPDATE"),
+        concat!(
+            "SELECT ",
+            user_cols!(),
+            " FROM users WHERE id = $1 FOR UPDATE"
+        ),
         &[&id],
     )
     .await?

@@ -245,8 +245,7 @@ impl Identity {
 
         let edits = email.is_some() || models.is_some() || rpm.is_some() || tpm.is_some();
         let (enabled, reset) = (b.enabled, b.password.is_some());
-        let plan =
-            |target: &UserRow| actions_for(actor, uid, target, role, enabled, reset, edits);
+        let plan = |target: &UserRow| actions_for(actor, uid, target, role, enabled, reset, edits);
         // Authorise against the current row before spending a hash on a reset...
         let target = {
             let c = self.client().await?;
