@@ -1213,7 +1213,8 @@ async fn bad_input_is_a_clear_400_never_a_500() {
     for (m, p, t, body) in wrong_types {
         cases.push((m, p.to_owned(), t.map(str::to_owned), B::Json(body)));
     }
-    for sql in sqls {
+    // Names allow `_` (and `.`, `-`, `@`): every other metacharacter is refused.
+    for sql in sqls.iter().filter(|s| **s != "_") {
         cases.push((
             "POST",
             "/auth/register".into(),
@@ -1644,7 +1645,7 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
         ("API key random part", key_random),
         ("unknown key", "not-a-real-key-but-secret-looking"),
         ("JWT_SECRET", SECRET),
-        ("password hash", "$argon2"),
+        ("password hash", "$argon2id$"),
     ];
     for (what, secret) in secrets {
         assert!(secret.len() >= 8, "{what}");
