@@ -364,9 +364,12 @@ impl Identity {
             }
         }
         if !deferred {
+            // Any failure here (down, or back just now without the schema the start-up
+            // migration could not apply) leaves it to the background task, which migrates
+            // first.
             if let Err(e) = listen::reload(&db, &cache, session_ttl).await {
-                deferred = e.is_unavailable();
-                tracing::warn!(error = %e, "identity cache not loaded yet; the listener retries");
+                deferred = true;
+                tracing::warn!(error = %e, "identity cache not loaded yet; retrying in the background");
             }
         }
         if deferred {
