@@ -2166,3 +2166,69 @@ async fn the_gateway_starts_with_the_database_down_and_bootstraps_when_it_is_bac
     drop(g);
     drop(db);
 }
+
+// === the official `openai` Python SDK against database keys and sessions ===
+
+const SDK_SCRIPT: &str = r#"
+import sys, openai
+from openai import OpenAI
+base, key, session, model = sys.argv[1:5]
+msgs = [{"role": "user", "content": "hi"}]
+c = OpenAI(base_url=base, api_key=key, max_retries=0)
+r = c.chat.completions.create(model=model, messages=msgs)
+assert r.choices[0].message.content, r
+ids = [m.id for m in c.models.list()]
+assert ids == [model], ids
+try:
+    c.chat.completions.create(model="other", messages=msgs)
+    raise SystemExit("a model outside the key's list was served")
+except openai.PermissionDeniedError as e:
+    assert e.code == "model_not_allowed", e.code
+c.chat.completions.create(model=model, messages=msgs)
+try:
+    c.chat.completions.create(model=model, messages=msgs)
+    raise SystemExit("the third request of a 2 rpm key was served")
+except openai.RateLimitError as e:
+    h = e.response.headers
+    assert int(h["retry-after"]) >= 1, dict(h)
+    assert h["x-ratelimit-remaining-requests"] == "0", dict(h)
+    assert e.code == "rate_limit_exceeded", e.code
+s = OpenAI(base_url=base, api_key=session, max_retries=0)
+assert [m.id for m in s.models.list()] == ["m", "other"]
+try:
+    OpenAI(base_url=base, api_key="sk-llmmux-not-a-key", max_retries=0).models.list()
+    raise SystemExit("an unknown key was accepted")
+except openai.AuthenticationError as e:
+    assert e.code == "invalid_api_key", e.code
+print("sdk ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_with_database_keys_and_sessions() {
+    let python = std::env::var("LLMMUX_PYTHON").expect(
+        "LLMMUX_PYTHON must point to a Python with the `openai` package (bash .ci/test sets it up)",
+    );
+    let db = TestDb::create().await;
+    let s = sim(&["m", "other"]).await;
+    let g = gateway(&db, &s, &[]).await;
+    g.register("sdk", "USER").await;
+    let (session, _) = g.login("sdk", PW).await;
+    let (_, key) = g
+        .create_key(
+            &session,
+            json!({"name": "sdk", "models": ["m"], "rpm_limit": 2}),
+        )
+        .await;
+    let out = tokio::process::Command::new(&python)
+        .args(["-c", SDK_SCRIPT, &g.url("/v1"), &key, &session, "m"])
+        .output()
+        .await
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sdk ok"));
+}
