@@ -1762,7 +1762,8 @@ async fn api_keys_models_limits_expiry_and_revocation() {
     let retry: u64 = h("retry-after")
         .and_then(|v| v.parse().ok())
         .expect("retry-after");
-    assert!((1..=60).contains(&retry), "{retry}");
+    // Sliding window: until the next window plus the decay of this one's count (< 2 min).
+    assert!((1..=120).contains(&retry), "{retry}");
     assert_eq!(h("x-ratelimit-limit-requests").as_deref(), Some("3"));
     assert_eq!(h("x-ratelimit-remaining-requests").as_deref(), Some("0"));
     assert!(h("x-ratelimit-reset-requests").is_some(), "{:?}", r.headers);
