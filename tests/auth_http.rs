@@ -783,6 +783,32 @@ async fn revocation_on_one_gateway_reaches_the_other_within_a_second() {
         "the other key is untouched"
     );
 
+    // A key deleted on A, and a session logged out on A: the same.
+    let (k3_id, k3) = a.create_key(&session, json!({"name": "k3"})).await;
+    let (other_session, _) = a.login("bob", PW).await;
+    assert_eq!(b.chat(&k3, "m").await.status, 200);
+    assert_eq!(b.get("/v1/models", &other_session).await.status, 200);
+    let r = a.delete(&format!("/auth/api-keys/{k3_id}"), &session).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = a
+        .post("/auth/logout", Some(&other_session), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let took = within(Duration::from_secs(1), || async {
+        b.get("/v1/models", &k3).await.status == 401
+            && b.get("/v1/models", &other_session).await.status == 401
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "B still accepts a key deleted / a session logged out on A after 1 s"
+    );
+    assert_eq!(
+        b.get("/v1/models", &session).await.status,
+        200,
+        "the other session is untouched"
+    );
+
     // Disabling the account on A stops its session and its other keys on B within 1 s.
     let r = a
         .patch(
