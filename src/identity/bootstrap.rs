@@ -92,7 +92,7 @@ pub(super) async fn prepare_when_back(
     const BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
     const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(2);
     let mut backoff = BACKOFF_MIN;
-    let mut reported = false;
+    let mut last: Option<IdentityError> = None;
     loop {
         let step = async {
             crate::storage::migrate(db.url()).await.map_err(|e| {
@@ -112,14 +112,13 @@ pub(super) async fn prepare_when_back(
                 tracing::info!("the account database is back: schema and first admin ready");
                 return;
             }
-            Err(e) if !reported => {
-                // Unavailable is expected here; anything else is worth its own line.
-                if e != IdentityError::Unavailable {
+            Err(e) => {
+                // Unavailable is expected here; anything else is worth a line, once.
+                if e != IdentityError::Unavailable && last.as_ref() != Some(&e) {
                     tracing::error!(error = %e, "preparing the account database failed; retrying");
                 }
-                reported = true;
+                last = Some(e);
             }
-            Err(_) => {}
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
