@@ -178,11 +178,16 @@ impl App {
         };
         let identity = match &cfg.database_url {
             Some(url) => {
-                let applied = crate::storage::migrate(url.expose())
-                    .await
-                    .map_err(AppError::Migrate)?;
-                if !applied.is_empty() {
-                    info!(migrations = ?applied, "database migrated");
+                match crate::storage::migrate(url.expose()).await {
+                    Ok(applied) if !applied.is_empty() => {
+                        info!(migrations = ?applied, "database migrated");
+                    }
+                    Ok(_) => {}
+                    // Down now: the identity service migrates once it is back.
+                    Err(e) if e.is_unavailable() => {
+                        warn!(error = %e, "database unavailable at start; migrations wait for it");
+                    }
+                    Err(e) => return Err(AppError::Migrate(e)),
                 }
                 crate::identity::Identity::from_config(&cfg, activity).await?
             }

@@ -9,6 +9,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -55,6 +56,13 @@ impl Telemetry {
     }
 }
 
+/// Whether an event may be logged whatever `LOG_LEVEL` asks for. tokio-postgres logs
+/// every statement with its parameters at debug level: SQL text, password hashes and
+/// credential digests, none of which may reach a log line.
+fn never_secret(meta: &tracing::Metadata<'_>) -> bool {
+    !(meta.target().starts_with("tokio_postgres") && *meta.level() > tracing::Level::INFO)
+}
+
 /// Install the global subscriber. A second call (tests) keeps the first subscriber.
 pub fn init(
     level: &str,
@@ -98,7 +106,10 @@ pub fn init(
         None => (None, None),
     };
     let _ = tracing_subscriber::registry()
-        .with(fmt.with_filter(filter()))
+        .with(
+            fmt.with_filter(filter())
+                .with_filter(filter_fn(never_secret)),
+        )
         .with(otel_layer)
         .try_init();
     Ok(Telemetry { provider })

@@ -80,6 +80,51 @@ pub(super) async fn ensure_initial_admin(
     Ok(true)
 }
 
+/// After a start with the database down: retries until it is back, then applies the
+/// migrations and, with `admin` (`ADMIN_USERNAME`, `ADMIN_PASSWORD`), creates the first
+/// SUPER_ADMIN if there is no account yet.
+pub(super) async fn prepare_when_back(
+    db: &Db,
+    passwords: &Passwords,
+    admin: Option<(String, crate::config::Secret)>,
+    activity: &ActivityHook,
+) {
+    const BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+    const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+    let mut backoff = BACKOFF_MIN;
+    let mut last: Option<IdentityError> = None;
+    loop {
+        let step = async {
+            crate::storage::migrate(db.url()).await.map_err(|e| {
+                if e.is_unavailable() {
+                    IdentityError::Unavailable
+                } else {
+                    IdentityError::from(e)
+                }
+            })?;
+            if let Some((username, password)) = &admin {
+                ensure_initial_admin(db, passwords, username, password.expose(), activity).await?;
+            }
+            Ok::<(), IdentityError>(())
+        };
+        match step.await {
+            Ok(()) => {
+                tracing::info!("the account database is back: schema and first admin ready");
+                return;
+            }
+            Err(e) => {
+                // Unavailable is expected here; anything else is worth a line, once.
+                if e != IdentityError::Unavailable && last.as_ref() != Some(&e) {
+                    tracing::error!(error = %e, "preparing the account database failed; retrying");
+                }
+                last = Some(e);
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
 /// `llmmux create-admin`: creates `username` as an enabled SUPER_ADMIN, or resets an
 /// existing account to that with the new password.
 pub async fn create_admin(
@@ -90,7 +135,8 @@ pub async fn create_admin(
 ) -> Result<AdminOutcome, IdentityError> {
     let username = input::username(username)?;
     input::password(password, "password")?;
-    let hash = Passwords::new(1).await?.hash(password.to_owned()).await?;
+    // One hash: a `Passwords` service would first hash a dummy password of its own.
+    let hash = super::password::hash_once(password.to_owned()).await?;
     let mut c = db.client().await?;
     let tx = c.transaction().await?;
     let existing = store::user_for_login(&tx, &username).await?;

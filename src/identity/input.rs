@@ -38,10 +38,12 @@ pub fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, IdentityError> {
     if body.len() > MAX_BODY {
         return Err(bad(format!("The request body exceeds {MAX_BODY} bytes.")));
     }
-    let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        body
+    let text: &[u8] = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => b"{}",
+        Some(b'{') => body,
+        // serde would read an array as the struct's fields in order (`["ADMIN"]` as a
+        // role): only an object names its fields.
+        Some(_) => return Err(bad("The request body must be a JSON object.")),
     };
     serde_json::from_slice(text).map_err(|e| {
         bad(format!(
@@ -238,5 +240,8 @@ mod tests {
         }
         assert!(parse::<B>(&Bytes::from_static(br#"{"a":"x","b":1}"#)).is_err());
         assert!(parse::<B>(&Bytes::from_static(br#"{"a":1}"#)).is_err());
+        // Positional fields are not accepted.
+        assert!(parse::<B>(&Bytes::from_static(br#"["x"]"#)).is_err());
+        assert!(parse::<B>(&Bytes::from_static(br#" {"a":"x"} "#)).is_ok());
     }
 }

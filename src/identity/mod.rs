@@ -312,8 +312,9 @@ impl Identity {
 
     /// Builds the service: pool, keys, limiter; creates the first SUPER_ADMIN when the
     /// user table is empty and `ADMIN_PASSWORD` is set; loads the cache and starts the
-    /// change listener. A database that is down now only delays the cache (the listener
-    /// retries), unless the first admin has to be created.
+    /// change listener. A database that is down now only delays all that: a background
+    /// task applies the migrations, creates the first admin and starts the listener once
+    /// it is back; until then credentials it would have to look up get 503.
     pub async fn start(
         settings: IdentitySettings,
         activity: ActivityHook,
@@ -343,8 +344,12 @@ impl Identity {
         );
         let cache = Arc::new(Cache::default());
         let session_ttl = settings.access_ttl + Duration::from_secs(jwt::LEEWAY_SECS);
+        // A database that is down now must not keep the gateway from starting: static
+        // keys work without it, and the schema and the first SUPER_ADMIN are set up in the
+        // background as soon as it is back.
+        let mut deferred = false;
         if let Some(password) = &settings.admin_password {
-            bootstrap::ensure_initial_admin(
+            match bootstrap::ensure_initial_admin(
                 &db,
                 &passwords,
                 &settings.admin_username,
@@ -352,13 +357,46 @@ impl Identity {
                 &activity,
             )
             .await
-            .map_err(StartError::Bootstrap)?;
+            {
+                Ok(_) => {}
+                Err(IdentityError::Unavailable) => deferred = true,
+                Err(e) => return Err(StartError::Bootstrap(e)),
+            }
         }
-        if let Err(e) = listen::reload(&db, &cache, session_ttl).await {
-            tracing::warn!(error = %e, "identity cache not loaded yet; the listener retries");
+        if !deferred {
+            // Any failure here (down, or back just now without the schema the start-up
+            // migration could not apply) leaves it to the background task, which migrates
+            // first.
+            if let Err(e) = listen::reload(&db, &cache, session_ttl).await {
+                deferred = true;
+                tracing::warn!(error = %e, "identity cache not loaded yet; retrying in the background");
+            }
+        }
+        if deferred {
+            tracing::warn!(
+                "the account database is unavailable; accounts and database keys answer 503 \
+                 until it is back (static keys keep working)"
+            );
         }
         let (tx, listening) = watch::channel(false);
-        let task = tokio::spawn(listen::run(db.clone(), cache.clone(), session_ttl, tx));
+        let task = {
+            let (db, cache, passwords, activity) = (
+                db.clone(),
+                cache.clone(),
+                passwords.clone(),
+                activity.clone(),
+            );
+            let admin = settings
+                .admin_password
+                .as_ref()
+                .map(|p| (settings.admin_username.clone(), p.clone()));
+            tokio::spawn(async move {
+                if deferred {
+                    bootstrap::prepare_when_back(&db, &passwords, admin, &activity).await;
+                }
+                listen::run(db, cache, session_ttl, tx).await
+            })
+        };
         Ok(Identity {
             inner: Arc::new(Inner {
                 db,

@@ -2,6 +2,7 @@
 //! the blocking pool behind a small semaphore, so a burst of logins can neither stall the
 //! async workers nor take more than `permits × 19 MiB` of memory.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,32 @@ pub enum PasswordError {
     Busy,
     #[error("password hashing failed")]
     Hashing,
+}
+
+/// argon2id hashes computed by this process (not verifications), for tests and metrics.
+static HASHES: AtomicU64 = AtomicU64::new(0);
+
+/// How many password hashes this process has computed.
+pub fn hashes_computed() -> u64 {
+    HASHES.load(Ordering::Relaxed)
+}
+
+/// The PHC string of `password` under a fresh salt (the caller runs it off the async
+/// workers).
+fn hash_now(password: &str) -> Result<String, PasswordError> {
+    HASHES.fetch_add(1, Ordering::Relaxed);
+    argon2()?
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|_| PasswordError::Hashing)
+}
+
+/// One hash on the blocking pool, without a [`Passwords`] service (whose start-up costs
+/// a hash of its own): for one-off tools such as `llmmux create-admin`.
+pub async fn hash_once(password: String) -> Result<String, PasswordError> {
+    tokio::task::spawn_blocking(move || hash_now(&password))
+        .await
+        .map_err(|_| PasswordError::Hashing)?
 }
 
 fn argon2() -> Result<Argon2<'static>, PasswordError> {
@@ -67,13 +94,7 @@ impl Passwords {
 
     /// The PHC string of `password` under a fresh salt.
     pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
-        self.blocking(move || {
-            argon2()?
-                .hash_password(password.as_bytes())
-                .map(|h| h.to_string())
-                .map_err(|_| PasswordError::Hashing)
-        })
-        .await
+        self.blocking(move || hash_now(&password)).await
     }
 
     /// Whether `password` matches `hash`; `None` checks against the dummy hash (and is

@@ -111,7 +111,12 @@ impl Identity {
             );
             return Err(IdentityError::Throttled { retry_after: wait });
         }
-        let found = {
+        // A name no account can have (a NUL, which PostgreSQL text cannot even hold, or
+        // any other character outside the username rules) is an unknown user: same answer,
+        // same cost, no query.
+        let found = if input::username_problem(&b.username).is_err() {
+            None
+        } else {
             let c = self.client().await?;
             store::user_for_login(&c, &b.username).await?
         };

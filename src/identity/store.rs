@@ -139,6 +139,41 @@ pub async fn user_by_id<C: GenericClient>(
     .transpose()
 }
 
+/// The account, its row locked until the transaction ends: decisions about it (policy,
+/// "is this the last SUPER_ADMIN") are made on what will be changed, not on a stale read.
+pub async fn user_by_id_for_update<C: GenericClient>(
+    c: &C,
+    id: Uuid,
+) -> Result<Option<UserRow>, StorageError> {
+    opt(
+        c,
+        concat!(
+            "SELECT ",
+            user_cols!(),
+            " FROM users WHERE id = $1 FOR UPDATE"
+        ),
+        &[&id],
+    )
+    .await?
+    .as_ref()
+    .map(user)
+    .transpose()
+}
+
+/// Serialises account administration (role, enabled, delete) until the transaction
+/// ends. Taken before any row lock, so two administrators changing two SUPER_ADMINs at
+/// once queue up instead of each locking one row and waiting for the other (a deadlock).
+pub async fn lock_account_admin<C: GenericClient>(c: &C) -> Result<(), StorageError> {
+    const ACCOUNT_ADMIN_LOCK: i64 = 0x6c6c_6d6d_7578_0003;
+    opt(
+        c,
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&ACCOUNT_ADMIN_LOCK],
+    )
+    .await?;
+    Ok(())
+}
+
 /// The account and its password hash, for login only.
 pub async fn user_for_login<C: GenericClient>(
     c: &C,

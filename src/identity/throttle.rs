@@ -4,14 +4,20 @@
 //! refused, so guessing gains nothing from racing the lock. Failures are forgotten after
 //! an idle period. Counts are per replica.
 //!
-//! Memory is bounded: each map holds at most [`CAP`] entries; beyond that, idle ones are
-//! pruned and new names are not tracked (the per-address throttle still applies).
+//! Memory is bounded whatever the clients send: names and addresses are kept only as
+//! 64-bit keyed hashes (a 1 KiB username costs the same as a short one), and each map
+//! holds at most [`CAP`] entries. When a map is full, idle entries are pruned first; if
+//! that frees nothing, the least recently failed eighth is evicted, entries not locked
+//! now going before locked ones (so a flood of new names cannot unlock an account).
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Most entries per map (each about 48 bytes with the table overhead).
 const CAP: usize = 100_000;
 /// Failures older than this (and no lock in force) are forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
@@ -23,40 +29,68 @@ struct Entry {
     last: Instant,
 }
 
-struct Map<K> {
-    entries: Mutex<HashMap<K, Entry>>,
-    max_failures: u32,
+impl Entry {
+    fn locked_at(&self, now: Instant) -> bool {
+        self.locked_until.is_some_and(|u| u > now)
+    }
 }
 
-impl<K: std::hash::Hash + Eq + Clone> Map<K> {
-    fn new(max_failures: u32) -> Self {
+/// One throttle map: keyed hash of the name or address → its failures.
+struct Map {
+    entries: Mutex<HashMap<u64, Entry>>,
+    max_failures: u32,
+    cap: usize,
+}
+
+impl Map {
+    fn new(max_failures: u32, cap: usize) -> Self {
         Map {
             entries: Mutex::new(HashMap::new()),
             max_failures,
+            cap: cap.max(1),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn locked_for(&self, k: &K, now: Instant) -> Option<Duration> {
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn locked_for(&self, k: u64, now: Instant) -> Option<Duration> {
         self.lock()
-            .get(k)
+            .get(&k)
             .and_then(|e| e.locked_until)
             .filter(|u| *u > now)
             .map(|u| u - now)
     }
 
-    fn fail(&self, k: &K, now: Instant, base: Duration, cap: Duration) {
-        let mut m = self.lock();
-        if !m.contains_key(k) && m.len() >= CAP {
-            m.retain(|_, e| !stale(e, now));
-            if m.len() >= CAP {
-                return;
-            }
+    /// Makes room for one more entry: prunes idle ones, then evicts the oldest eighth
+    /// (unlocked before locked).
+    fn make_room(&self, m: &mut HashMap<u64, Entry>, now: Instant) {
+        m.retain(|_, e| !stale(e, now));
+        if m.len() < self.cap {
+            return;
         }
-        let e = m.entry(k.clone()).or_insert(Entry {
+        let mut by_age: Vec<(bool, Instant, u64)> = m
+            .iter()
+            .map(|(k, e)| (e.locked_at(now), e.last, *k))
+            .collect();
+        let evict = (self.cap / 8).max(1).min(by_age.len());
+        by_age.select_nth_unstable(evict - 1);
+        for (_, _, k) in &by_age[..evict] {
+            m.remove(k);
+        }
+    }
+
+    fn fail(&self, k: u64, now: Instant, base: Duration, cap: Duration) {
+        let mut m = self.lock();
+        if !m.contains_key(&k) && m.len() >= self.cap {
+            self.make_room(&mut m, now);
+        }
+        let e = m.entry(k).or_insert(Entry {
             failures: 0,
             locked_until: None,
             last: now,
@@ -73,13 +107,13 @@ impl<K: std::hash::Hash + Eq + Clone> Map<K> {
         }
     }
 
-    fn clear(&self, k: &K) {
-        self.lock().remove(k);
+    fn clear(&self, k: u64) {
+        self.lock().remove(&k);
     }
 }
 
 fn stale(e: &Entry, now: Instant) -> bool {
-    e.locked_until.is_none_or(|u| u <= now) && now.duration_since(e.last) > FORGET_AFTER
+    !e.locked_at(now) && now.duration_since(e.last) > FORGET_AFTER
 }
 
 /// Client address as throttled: IPv4 as is, IPv6 by its /64.
@@ -95,41 +129,68 @@ fn ip_key(ip: IpAddr) -> IpAddr {
 }
 
 pub struct LoginThrottle {
-    users: Map<String>,
-    ips: Map<IpAddr>,
+    users: Map,
+    ips: Map,
+    /// Keyed per process, so nobody can aim names at one hash on purpose.
+    hasher: RandomState,
     base: Duration,
     cap: Duration,
 }
 
 impl LoginThrottle {
     pub fn new(max_per_user: u32, max_per_ip: u32, base: Duration, cap: Duration) -> Self {
+        Self::with_capacity(max_per_user, max_per_ip, base, cap, CAP)
+    }
+
+    /// As [`LoginThrottle::new`] with at most `entries` names and `entries` addresses.
+    pub fn with_capacity(
+        max_per_user: u32,
+        max_per_ip: u32,
+        base: Duration,
+        cap: Duration,
+        entries: usize,
+    ) -> Self {
         LoginThrottle {
-            users: Map::new(max_per_user.max(1)),
-            ips: Map::new(max_per_ip.max(1)),
+            users: Map::new(max_per_user.max(1), entries),
+            ips: Map::new(max_per_ip.max(1), entries),
+            hasher: RandomState::new(),
             base,
             cap,
         }
     }
 
+    fn user_key(&self, username: &str) -> u64 {
+        self.hasher.hash_one(username.to_lowercase())
+    }
+
+    fn ip_key(&self, ip: IpAddr) -> u64 {
+        self.hasher.hash_one(ip_key(ip))
+    }
+
+    /// Names and addresses tracked now.
+    pub fn tracked(&self) -> (usize, usize) {
+        (self.users.len(), self.ips.len())
+    }
+
     /// `Some(wait)` while the name or the address is locked.
     pub fn check(&self, username: &str, ip: IpAddr) -> Option<Duration> {
         let now = Instant::now();
-        let u = self.users.locked_for(&username.to_lowercase(), now);
-        let i = self.ips.locked_for(&ip_key(ip), now);
+        let u = self.users.locked_for(self.user_key(username), now);
+        let i = self.ips.locked_for(self.ip_key(ip), now);
         u.max(i)
     }
 
     pub fn failure(&self, username: &str, ip: IpAddr) {
         let now = Instant::now();
         self.users
-            .fail(&username.to_lowercase(), now, self.base, self.cap);
-        self.ips.fail(&ip_key(ip), now, self.base, self.cap);
+            .fail(self.user_key(username), now, self.base, self.cap);
+        self.ips.fail(self.ip_key(ip), now, self.base, self.cap);
     }
 
     /// A successful login clears the account's count, not the address's (an attacker
     /// with one valid account must not be able to reset the address counter with it).
     pub fn success(&self, username: &str) {
-        self.users.clear(&username.to_lowercase());
+        self.users.clear(self.user_key(username));
     }
 }
 
@@ -159,5 +220,41 @@ mod tests {
             "capped: {w:?}"
         );
         assert!(t.check("carol", "10.0.0.1".parse().expect("ip")).is_none());
+    }
+
+    #[test]
+    fn a_flood_of_names_and_addresses_stays_bounded() {
+        let t = LoginThrottle::with_capacity(
+            3,
+            3,
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+            64,
+        );
+        let home: IpAddr = "10.9.9.9".parse().expect("ip");
+        for _ in 0..3 {
+            t.failure("victim", home);
+        }
+        assert!(t.check("victim", "10.0.0.1".parse().expect("ip")).is_some());
+        // 5000 distinct, long names from 5000 distinct addresses (IPv4 and IPv6 /64s).
+        let long = "x".repeat(1000);
+        for i in 0..5000u32 {
+            let ip = if i % 2 == 0 {
+                IpAddr::from(i.to_be_bytes())
+            } else {
+                IpAddr::from([0x2001, 0xdb8, (i >> 16) as u16, i as u16, 0, 0, 0, 1])
+            };
+            t.failure(&format!("{long}{i}"), ip);
+            let (users, ips) = t.tracked();
+            assert!(users <= 64 && ips <= 64, "{users} names, {ips} addresses");
+        }
+        // The lock in force survived the flood (unlocked entries are evicted first)...
+        assert!(t.check("victim", "10.0.0.2".parse().expect("ip")).is_some());
+        assert!(t.check("nobody", home).is_some(), "the address lock too");
+        // ...and names first seen after the flood are still tracked and locked.
+        for _ in 0..3 {
+            t.failure("late", "10.0.0.3".parse().expect("ip"));
+        }
+        assert!(t.check("late", "10.0.0.4".parse().expect("ip")).is_some());
     }
 }

@@ -10,9 +10,10 @@ use serde_json::{json, Value};
 
 use super::input::{self, nullable, Query};
 use super::policy::{self, Action};
-use super::store::{self, NewUser, UserChange};
+use super::store::{self, NewUser, UserChange, UserRow};
 use super::{admin, parse_id, user_json, Identity, IdentityError, Reply};
 use crate::principal::{Principal, Role};
+use uuid::Uuid;
 
 const LAST_SUPER_ADMIN: IdentityError =
     IdentityError::Conflict("The last SUPER_ADMIN cannot be removed, disabled or demoted.");
@@ -58,7 +59,63 @@ fn forbidden(why: &'static str) -> IdentityError {
     IdentityError::Forbidden(why)
 }
 
+/// What a patch does to `target`, as policy actions.
+fn actions_for(
+    actor: policy::Actor,
+    uid: Uuid,
+    target: &UserRow,
+    role: Option<Role>,
+    enabled: Option<bool>,
+    password: bool,
+    edits: bool,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    if let Some(r) = role.filter(|r| *r != target.role) {
+        actions.push(Action::ChangeRole(r));
+    } else if role.is_some() && actor.user_id == Some(uid) {
+        // Restating one's own role is still a request to set it.
+        actions.push(Action::ChangeRole(target.role));
+    }
+    if let Some(e) = enabled.filter(|e| *e != target.enabled) {
+        actions.push(Action::SetEnabled(e));
+    }
+    if password {
+        actions.push(Action::ResetPassword);
+    }
+    // A patch that changes nothing is still a request to edit the account.
+    if edits || actions.is_empty() {
+        actions.push(Action::Edit);
+    }
+    actions
+}
+
 impl Identity {
+    /// 403 (and a `denied` event) unless every action is allowed on `target`.
+    fn authorise_update(
+        &self,
+        caller: &Principal,
+        ip: IpAddr,
+        actor: policy::Actor,
+        uid: Uuid,
+        target: &UserRow,
+        actions: &[Action],
+    ) -> Result<(), IdentityError> {
+        for a in actions {
+            if let Err(why) = policy::check(actor, Some((uid, target.role)), *a) {
+                self.event(
+                    "user_update",
+                    Some(caller),
+                    Some(ip),
+                    Some(format!("user:{uid}")),
+                    "denied",
+                    json!({"action": format!("{a:?}")}),
+                );
+                return Err(forbidden(why));
+            }
+        }
+        Ok(())
+    }
+
     /// `POST /auth/register {username, email?, password, role?, models?, rpm_limit?,
     /// tpm_limit?}` (administrators): 201 with the new account.
     pub async fn register(
@@ -186,54 +243,31 @@ impl Identity {
         let rpm = b.rpm_limit.map(input::rpm).transpose()?;
         let tpm = b.tpm_limit.map(input::tpm).transpose()?;
 
-        // Authorise against the current row before spending a hash on a reset.
+        let edits = email.is_some() || models.is_some() || rpm.is_some() || tpm.is_some();
+        let (enabled, reset) = (b.enabled, b.password.is_some());
+        let plan = |target: &UserRow| actions_for(actor, uid, target, role, enabled, reset, edits);
+        // Authorise against the current row before spending a hash on a reset...
         let target = {
             let c = self.client().await?;
             store::user_by_id(&c, uid)
                 .await?
                 .ok_or_else(|| IdentityError::not_found("user", id))?
         };
-        let mut actions = Vec::new();
-        if let Some(r) = role.filter(|r| *r != target.role) {
-            actions.push(Action::ChangeRole(r));
-        } else if role.is_some() && actor.user_id == Some(uid) {
-            // Restating one's own role is still a request to set it.
-            actions.push(Action::ChangeRole(target.role));
-        }
-        if let Some(e) = b.enabled.filter(|e| *e != target.enabled) {
-            actions.push(Action::SetEnabled(e));
-        }
-        if b.password.is_some() {
-            actions.push(Action::ResetPassword);
-        }
-        // A patch that changes nothing is still a request to edit the account.
-        if email.is_some()
-            || models.is_some()
-            || rpm.is_some()
-            || tpm.is_some()
-            || actions.is_empty()
-        {
-            actions.push(Action::Edit);
-        }
-        for a in &actions {
-            if let Err(why) = policy::check(actor, Some((uid, target.role)), *a) {
-                self.event(
-                    "user_update",
-                    Some(caller),
-                    Some(ip),
-                    Some(format!("user:{uid}")),
-                    "denied",
-                    json!({"action": format!("{a:?}")}),
-                );
-                return Err(forbidden(why));
-            }
-        }
+        self.authorise_update(caller, ip, actor, uid, &target, &plan(&target))?;
         let hash = match b.password {
             Some(p) => Some(self.inner.passwords.hash(p).await?),
             None => None,
         };
+        // ...and decide again on the row as it is now, locked until the change commits:
+        // it may have changed during the hash (a promotion, another demotion).
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
+        store::lock_account_admin(&tx).await?;
+        let target = store::user_by_id_for_update(&tx, uid)
+            .await?
+            .ok_or_else(|| IdentityError::not_found("user", id))?;
+        let actions = plan(&target);
+        self.authorise_update(caller, ip, actor, uid, &target, &actions)?;
         let removes = actions
             .iter()
             .any(|a| policy::removes_super_admin(target.role, target.enabled, *a));
@@ -310,7 +344,8 @@ impl Identity {
         let uid = parse_id(id, "user")?;
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        let target = store::user_by_id(&tx, uid)
+        store::lock_account_admin(&tx).await?;
+        let target = store::user_by_id_for_update(&tx, uid)
             .await?
             .ok_or_else(|| IdentityError::not_found("user", id))?;
         if let Err(why) = policy::check(actor, Some((uid, target.role)), Action::Delete) {

@@ -115,6 +115,7 @@ pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, StorageError> {
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
+    url: Secret,
     pg: tokio_postgres::Config,
     acquire_timeout: Duration,
 }
@@ -151,6 +152,7 @@ impl Db {
             .map_err(|_| StorageError::Unavailable("cannot build the connection pool"))?;
         Ok(Db {
             pool,
+            url: s.url.clone(),
             pg,
             acquire_timeout: s.acquire_timeout,
         })
@@ -171,6 +173,11 @@ impl Db {
     /// The connection settings, for dedicated connections (the LISTEN connection).
     pub fn pg_config(&self) -> &tokio_postgres::Config {
         &self.pg
+    }
+
+    /// `DATABASE_URL`, for [`migrate`] (a secret: never log it).
+    pub fn url(&self) -> &str {
+        self.url.expose()
     }
 
     pub fn acquire_timeout(&self) -> Duration {

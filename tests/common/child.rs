@@ -42,17 +42,36 @@ pub struct Running(
 
 impl Running {
     /// Spawn and wait (up to 20 s) for a stdout line that `find` accepts; return its answer.
-    pub fn spawn_until(
+    pub fn spawn_until(cmd: Command, find: impl Fn(&str) -> Option<String>) -> (Running, String) {
+        Self::spawn_capturing(cmd, false, find)
+    }
+
+    /// As [`Running::spawn_until`]; with `stderr`, standard error's lines go to the same
+    /// channel as standard output's.
+    pub fn spawn_capturing(
         mut cmd: Command,
+        stderr: bool,
         find: impl Fn(&str) -> Option<String>,
     ) -> (Running, String) {
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(if stderr {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .expect("spawn");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(err) = child.stderr.take() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
@@ -136,7 +155,17 @@ pub fn open_fds(pid: u32) -> usize {
 }
 
 /// Start `llmmux serve` with `vars` and JSON logs; its address.
-pub fn serve(mut cmd: Command, vars: &[(&str, String)]) -> (Running, String) {
+pub fn serve(cmd: Command, vars: &[(&str, String)]) -> (Running, String) {
+    serve_capturing(cmd, vars, false)
+}
+
+/// As [`serve`]; with `stderr`, standard error is captured as well (every line of both
+/// arrives in `Running::1`).
+pub fn serve_capturing(
+    mut cmd: Command,
+    vars: &[(&str, String)],
+    stderr: bool,
+) -> (Running, String) {
     cmd.arg("serve")
         .env("HOST", "127.0.0.1")
         .env("PORT", "0")
@@ -144,7 +173,7 @@ pub fn serve(mut cmd: Command, vars: &[(&str, String)]) -> (Running, String) {
     for (k, v) in vars {
         cmd.env(k, v);
     }
-    Running::spawn_until(cmd, |line| {
+    Running::spawn_capturing(cmd, stderr, |line| {
         let v: serde_json::Value = serde_json::from_str(line).ok()?;
         (v["fields"]["message"] == "llmmux listening")
             .then(|| v["fields"]["addr"].as_str().map(str::to_owned))?
