@@ -147,3 +147,37 @@ fn yaml_file_with_env_winning() {
     assert!(errs[0].reason.contains("bogus_key"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Every setting `check-config` prints has a row in the README's table, and every YAML key
+/// names one of them.
+#[test]
+fn every_setting_is_documented_in_the_readme() {
+    let readme = include_str!("../../README.md");
+    let cfg = load(&[("BACKENDS", "m:127.0.0.1:8000")]).expect("valid");
+    let names: Vec<String> = cfg
+        .render_masked()
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.to_owned()))
+        .filter(|k| {
+            k.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+        .collect();
+    assert!(names.len() > 50, "{} settings", names.len());
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !readme.contains(&format!("| `{n}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "settings without a README row: {missing:?}"
+    );
+    let unknown: Vec<&&str> = super::yaml::KNOWN
+        .iter()
+        .filter(|k| !names.contains(&k.to_ascii_uppercase()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "YAML keys that are no setting: {unknown:?}"
+    );
+}

@@ -150,7 +150,7 @@ impl ServerOptions {
     }
 }
 
-const KNOWN: &[&str] = &[
+pub(super) const KNOWN: &[&str] = &[
     "host",
     "port",
     "api_keys",
