@@ -476,6 +476,12 @@ async fn admins_query_requests_activity_and_usage_with_filters_and_paging() {
         .cloned()
         .expect("a row for m");
     assert_eq!(row["requests"], 25);
+    assert!(
+        usage["data"]
+            .as_array()
+            .is_some_and(|d| d.iter().all(|r| !r["model"].is_null())),
+        "usage counts model requests only: {usage}"
+    );
     assert!(row["completion_tokens"].as_i64().unwrap_or(0) >= 25 * 3);
     // Activity: the drain, the undrain and the start-up configuration, with the actor.
     let found = eventually(Duration::from_secs(10), || {

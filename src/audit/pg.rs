@@ -249,7 +249,7 @@ impl PgAudit {
             "SELECT to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD'), {col}::text, count(*), \
              count(*) FILTER (WHERE status >= 400), coalesce(sum(prompt_tokens), 0)::bigint, \
              coalesce(sum(completion_tokens), 0)::bigint FROM audit_requests \
-             WHERE ts >= $1 AND ts < $2 GROUP BY 1, 2 ORDER BY 1, 2"
+             WHERE ts >= $1 AND ts < $2 AND model IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"
         );
         let client = self.db.client().await.map_err(unavailable)?;
         let rows = client

@@ -385,7 +385,9 @@ pub fn scan_usage(all: &[AuditRecord], q: &UsageQuery) -> Vec<UsageRow> {
     let mut sums: BTreeMap<(String, Option<String>), UsageRow> = BTreeMap::new();
     for r in all {
         let AuditRecord::Request(r) = r else { continue };
-        if r.ts_us < q.since_us || r.ts_us >= q.until_us || !seen.insert(r.id) {
+        // Usage is about model requests (not model listings or admin calls).
+        if r.model.is_none() || r.ts_us < q.since_us || r.ts_us >= q.until_us || !seen.insert(r.id)
+        {
             continue;
         }
         let group = match q.group_by {

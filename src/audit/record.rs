@@ -121,7 +121,8 @@ impl RequestEntry {
             error_type: r.error.map(str::to_owned),
             attempts: r.attempts,
             latency_ms: ms(r.latency),
-            ttft_ms: r.ttfb.map(ms),
+            // An error answer has no first token.
+            ttft_ms: r.ttfb.filter(|_| r.status < 400).map(ms),
             prompt_tokens: r.prompt_tokens,
             completion_tokens: r.completion_tokens,
             request_body: r.bodies.as_ref().and_then(|b| b.request.clone()),
