@@ -1,7 +1,15 @@
 //! Network faults through `noxious` (a Rust port of Toxiproxy), run in-process as a library:
 //! one proxy per server, listening on a loopback port, toxics added and removed at runtime.
-//! Adding a toxic applies to connections already open (noxious re-links them), so a fault
-//! can start in the middle of a stream.
+//!
+//! Two defects of noxious 1.0.4 shape how the scenarios use it:
+//! - adding a toxic re-links the connections already open, but swaps their directions
+//!   (`recreate_links` takes the downstream link's halves as the client's), so a toxic
+//!   meant for open connections is added in both directions ([`Toxiproxy::add_both`]), and
+//!   toxics meant for one direction are installed before the first connection
+//!   ([`Toxiproxy::start`]'s `downstream` list);
+//! - its bandwidth toxic subtracts 100 ms per 100-byte slice from a budget of
+//!   `len / rate` ms and panics (Duration underflow) on chunks over `rate × 100` bytes, so
+//!   the bandwidth scenario slices chunks to 100 bytes first.
 
 use noxious::proxy::{ProxyConfig, ProxyRunner, Runner, Toxics};
 use noxious::signal::{Close, Stop, Stopper};
@@ -21,8 +29,13 @@ pub struct Toxiproxy {
 }
 
 impl Toxiproxy {
-    /// Listen on a free loopback port and forward to `upstream` (`host:port`).
-    pub async fn start(name: &str, upstream: &str) -> Result<Toxiproxy> {
+    /// Listen on a free loopback port and forward to `upstream` (`host:port`), with
+    /// `downstream` toxics (server → gateway) on every connection from the first.
+    pub async fn start(
+        name: &str,
+        upstream: &str,
+        downstream: &[(&str, ToxicKind)],
+    ) -> Result<Toxiproxy> {
         let port = free_port()?;
         let config = ProxyConfig {
             name: name.to_owned(),
@@ -33,7 +46,18 @@ impl Toxiproxy {
         };
         let (listener, info) = ProxyRunner::initialize_proxy::<noxious::socket::TcpListener>(
             config,
-            Toxics::empty(),
+            Toxics {
+                upstream: Vec::new(),
+                downstream: downstream
+                    .iter()
+                    .map(|(n, kind)| Toxic {
+                        kind: *kind,
+                        name: (*n).to_owned(),
+                        toxicity: 1.0,
+                        direction: StreamDirection::Downstream,
+                    })
+                    .collect(),
+            },
         )
         .await?;
         let (stop, stopper) = Stop::new();
@@ -64,9 +88,13 @@ impl Toxiproxy {
             .map_err(|e| ChaosError::Proxy(e.to_string()))
     }
 
-    /// Add a toxic on the server-to-gateway direction (what the gateway reads).
-    pub async fn downstream(&self, name: &str, kind: ToxicKind) -> Result<()> {
-        self.add(name, kind, StreamDirection::Downstream).await
+    /// Add a toxic to the open connections and the next ones, in both directions (see the
+    /// module comment: a one-direction toxic lands on the wrong side of open connections).
+    pub async fn add_both(&self, name: &str, kind: ToxicKind) -> Result<()> {
+        self.add(&format!("{name}_down"), kind, StreamDirection::Downstream)
+            .await?;
+        self.add(&format!("{name}_up"), kind, StreamDirection::Upstream)
+            .await
     }
 
     pub async fn add(&self, name: &str, kind: ToxicKind, direction: StreamDirection) -> Result<()> {

@@ -118,25 +118,33 @@ pub async fn kill_mid_stream(ctx: &Ctx) -> Result<Row> {
     Ok(row)
 }
 
-/// 2. A server accepts connections and never answers an inference request (its health
-/// check still passes, so only the request path can notice).
+/// 2. A server hangs. Phase 1: it accepts connections and answers nothing at all, health
+/// checks included (a wedged host), under mixed stream and whole-answer load. Phase 2: it
+/// hangs inference only (health checks pass), under streams: FIRST_BYTE_TIMEOUT decides.
+/// (A whole answer on a server that passes its health checks but never answers waits for
+/// REQUEST_TIMEOUT by design: vLLM sends a whole answer's headers only when generation
+/// ends, so a long generation and a hang look the same.)
 ///
 /// Pass: 0 client errors; every request ends within FIRST_BYTE_TIMEOUT (1 s) + 1 s (the
-/// hung attempt is abandoned and retried elsewhere before the first byte); upstream
+/// hung attempt is abandoned and retried on the replica before the first byte); upstream
 /// attempts ≤ 1.2 × client requests + 3.
 /// Figure: attempts / requests and the slowest request.
 pub async fn hang(ctx: &Ctx) -> Result<Row> {
     let mut row = Row::new("backend-hang", "one server hangs (accepts, never answers)");
     let args = sim_args(8, 0);
-    let mut a_args = args.clone();
-    a_args.extend(["--fault".into(), "hang".into()]);
-    let a = Sim::start(ctx, "a", &strs(&a_args)).await?;
+    let a = Sim::start(ctx, "a", &strs(&args)).await?;
     let b = Sim::start(ctx, "b", &strs(&args)).await?;
     let gw = Gateway::start(ctx, &[("BACKENDS", backends("m", &[&a, &b]))]).await?;
     gw.wait_healthy(2, Duration::from_secs(10)).await?;
+    a.control("silent", serde_json::json!({"silent": true})).await?;
     let mut l = load(&gw, 8);
     l.total = Some(ctx.n(40, 400));
-    let samples = client::drive(&ctx.http, &l, Default::default()).await;
+    let mut samples = client::drive(&ctx.http, &l, Default::default()).await;
+    a.control("silent", serde_json::json!({"silent": false})).await?;
+    gw.wait_healthy(2, Duration::from_secs(10)).await?;
+    a.fault("hang").await?;
+    l.stream_every = 1;
+    samples.extend(client::drive(&ctx.http, &l, Default::default()).await);
     let t = Tally::of(&samples);
     row.tally(&t);
     let n_attempts = attempts(&[&a, &b]).await;
@@ -157,7 +165,9 @@ pub async fn hang(ctx: &Ctx) -> Result<Row> {
         "llmmux_backend_ejections_total",
         &[&format!("backend=\"{}\"", a.backend_id())],
     );
-    row.evidence = format!("{hung} requests hung on the server; ejections {ejections}");
+    row.evidence = format!(
+        "wedged, then inference-only hang; {hung} requests reached the hung server (silent ones uncounted); ejections {ejections}"
+    );
     row.figure = format!(
         "attempts/requests {ratio:.3}; slowest {}",
         fmt_ms(slowest)
