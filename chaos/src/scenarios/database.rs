@@ -63,10 +63,11 @@ async fn create_key(ctx: &Ctx, gw: &Gateway, token: &str) -> Option<String> {
 /// PostgreSQL is stopped (`pg_ctl stop -m fast`) for 10 s (short: 2 s) while clients use
 /// a database API key the gateway has already seen.
 ///
-/// Pass: 0 errors for the cached key during and after the outage; a key the gateway has
-/// never seen gets 503 within the 2 s acquire timeout + 100 ms (fail fast, no hang, no
-/// 500); after PostgreSQL is back, a new key can be created within 5 s.
-/// Figure: unknown key → 503 time; PostgreSQL back → first key created.
+/// Pass: 0 errors for the cached key during and after the outage; a login (which needs
+/// the database) gets 503 within the 2 s acquire timeout + 100 ms, and an unknown key is
+/// refused (401 from the in-memory key table, or 503) as fast: no hang, no 500; after
+/// PostgreSQL is back, a new key can be created within 5 s.
+/// Figure: login → 503 time; PostgreSQL back → first key created.
 pub async fn outage(ctx: &Ctx) -> Result<Row> {
     let mut row = Row::new("db-outage", "PostgreSQL stopped under load");
     let pg = blocking(ThrowawayPg::start).await?;
@@ -128,6 +129,17 @@ pub async fn outage(ctx: &Ctx) -> Result<Row> {
     )
     .await;
     let unknown_took = t.elapsed();
+    let t = Instant::now();
+    let login_status = ctx
+        .http
+        .post(format!("{}/auth/login", gw.base()))
+        .json(&serde_json::json!({"username": "superadmin", "password": ADMIN_PASSWORD}))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    let login_took = t.elapsed();
     tokio::time::sleep(ctx.window(2_000, 10_000)).await;
     pg = blocking(move || {
         let mut pg = pg;
@@ -146,9 +158,22 @@ pub async fn outage(ctx: &Ctx) -> Result<Row> {
         tally.failed() == 0,
         format!("{} errors with the cached key", tally.failed()),
     );
+    // The gateway holds the whole key table (reloaded on every LISTEN reconnect), so an
+    // unknown key may be refused from memory (401) or fail fast (503); never a hang or 500.
     row.check(
-        matches!(unknown_status.verdict, crate::client::Verdict::Http(503, _)),
+        matches!(
+            unknown_status.verdict,
+            crate::client::Verdict::Http(401 | 503, _)
+        ),
         format!("unknown key during the outage: {:?}", unknown_status.verdict),
+    );
+    row.check(
+        login_status == 503,
+        format!("login during the outage answered {login_status}"),
+    );
+    row.check(
+        login_took <= ctx.deadline(Duration::from_millis(2_100)),
+        format!("login answered after {}", fmt_ms(login_took)),
     );
     row.check(
         unknown_took <= ctx.deadline(Duration::from_millis(2_100)),
@@ -162,7 +187,8 @@ pub async fn outage(ctx: &Ctx) -> Result<Row> {
         unknown_status.verdict
     );
     row.figure = format!(
-        "unknown key → 503 in {}; PostgreSQL back → key created in {}",
+        "login → 503 in {}; unknown key refused in {}; PostgreSQL back → key created in {}",
+        fmt_ms(login_took),
         fmt_ms(unknown_took),
         recovered.map_or("never".into(), fmt_ms)
     );
