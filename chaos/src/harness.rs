@@ -230,7 +230,9 @@ impl Sim {
         if !r.status().is_success() {
             let status = r.status();
             let text = r.text().await.unwrap_or_default();
-            return Err(ChaosError::Protocol(format!("/sim/{what}: {status} {text}")));
+            return Err(ChaosError::Protocol(format!(
+                "/sim/{what}: {status} {text}"
+            )));
         }
         Ok(())
     }

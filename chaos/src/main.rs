@@ -23,7 +23,8 @@ struct Args {
     list: bool,
 }
 
-const USAGE: &str = "usage: llmmux-chaos [SCENARIO...] [--json] [--short] [--soak DURATION] [--list]";
+const USAGE: &str =
+    "usage: llmmux-chaos [SCENARIO...] [--json] [--short] [--soak DURATION] [--list]";
 
 fn parse_args() -> std::result::Result<Args, String> {
     let mut a = Args {
@@ -68,10 +69,20 @@ fn gateway_bin() -> Result<PathBuf> {
     let root = workspace_root();
     let target = root.join("target").join("chaos");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("building llmmux --release --features fault-injection into {}", target.display());
+    eprintln!(
+        "building llmmux --release --features fault-injection into {}",
+        target.display()
+    );
     let status = Command::new(cargo)
         .current_dir(&root)
-        .args(["build", "--release", "--features", "fault-injection", "--bin", "llmmux"])
+        .args([
+            "build",
+            "--release",
+            "--features",
+            "fault-injection",
+            "--bin",
+            "llmmux",
+        ])
         .arg("--target-dir")
         .arg(&target)
         .stdout(Stdio::null())
@@ -130,8 +141,8 @@ async fn run(args: Args) -> Result<bool> {
     }
     let all_pass = rows.iter().all(|r| r.pass);
     if args.json {
-        let json = serde_json::to_string_pretty(&rows)
-            .map_err(|e| ChaosError::Protocol(e.to_string()))?;
+        let json =
+            serde_json::to_string_pretty(&rows).map_err(|e| ChaosError::Protocol(e.to_string()))?;
         println!("{json}");
         eprint!("{}", table(&rows));
     } else {

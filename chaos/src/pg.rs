@@ -69,8 +69,17 @@ impl ThrowawayPg {
             run(c, "chown of the temp dir")?;
         }
         let mut c = as_pg("initdb");
-        c.args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "-D"])
-            .arg(dir.path().join("data"));
+        c.args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "-D",
+        ])
+        .arg(dir.path().join("data"));
         run(c, "initdb")?;
         let mut pg = ThrowawayPg {
             dir,

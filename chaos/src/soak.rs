@@ -109,8 +109,8 @@ pub async fn soak(ctx: &Ctx, total: Duration) -> Result<(Row, Vec<Sample>)> {
                 sim.launch().await?;
             }
             1..=4 => {
-                let fault = ["status=503", "hang", "reset_after=3", "stall_after=2"]
-                    [(pick - 1) as usize];
+                let fault =
+                    ["status=503", "hang", "reset_after=3", "stall_after=2"][(pick - 1) as usize];
                 sim.fault(fault).await?;
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 sim.fault("none").await?;

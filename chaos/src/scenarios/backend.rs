@@ -51,7 +51,9 @@ pub async fn kill_mid_stream(ctx: &Ctx) -> Result<Row> {
             ctx.http.clone(),
             Chat::new(&gw.base(), KEY, "m", true).timeout(Duration::from_secs(30)),
         );
-        open.push(tokio::spawn(async move { client::send(&http, &chat).await }));
+        open.push(tokio::spawn(
+            async move { client::send(&http, &chat).await },
+        ));
     }
     let started = wait_until(Duration::from_secs(10), || async {
         let (sa, sb) = (a.stats().await, b.stats().await);
@@ -136,11 +138,13 @@ pub async fn hang(ctx: &Ctx) -> Result<Row> {
     let b = Sim::start(ctx, "b", &strs(&args)).await?;
     let gw = Gateway::start(ctx, &[("BACKENDS", backends("m", &[&a, &b]))]).await?;
     gw.wait_healthy(2, Duration::from_secs(10)).await?;
-    a.control("silent", serde_json::json!({"silent": true})).await?;
+    a.control("silent", serde_json::json!({"silent": true}))
+        .await?;
     let mut l = load(&gw, 8);
     l.total = Some(ctx.n(40, 400));
     let mut samples = client::drive(&ctx.http, &l, Default::default()).await;
-    a.control("silent", serde_json::json!({"silent": false})).await?;
+    a.control("silent", serde_json::json!({"silent": false}))
+        .await?;
     gw.wait_healthy(2, Duration::from_secs(10)).await?;
     a.fault("hang").await?;
     l.stream_every = 1;
@@ -149,7 +153,11 @@ pub async fn hang(ctx: &Ctx) -> Result<Row> {
     row.tally(&t);
     let n_attempts = attempts(&[&a, &b]).await;
     let hung = a.stats().await.map(|s| s.inference_requests).unwrap_or(0);
-    let slowest = samples.iter().map(|s| s.latency()).max().unwrap_or_default();
+    let slowest = samples
+        .iter()
+        .map(|s| s.latency())
+        .max()
+        .unwrap_or_default();
     let ratio = n_attempts as f64 / t.requests.max(1) as f64;
     row.check(t.failed() == 0, format!("{} client errors", t.failed()));
     row.check(
@@ -168,10 +176,7 @@ pub async fn hang(ctx: &Ctx) -> Result<Row> {
     row.evidence = format!(
         "wedged, then inference-only hang; {hung} requests reached the hung server (silent ones uncounted); ejections {ejections}"
     );
-    row.figure = format!(
-        "attempts/requests {ratio:.3}; slowest {}",
-        fmt_ms(slowest)
-    );
+    row.figure = format!("attempts/requests {ratio:.3}; slowest {}", fmt_ms(slowest));
     Ok(row)
 }
 
@@ -264,7 +269,10 @@ pub async fn flapping(ctx: &Ctx) -> Result<Row> {
     );
     row.check(t.requests > 50, format!("only {} requests", t.requests));
     row.check(rate < 1.0, format!("error rate {rate:.3} %"));
-    row.evidence = format!("SIGKILL ×{}, restarts ×{}; ejections {ejections}", a.kills, a.kills);
+    row.evidence = format!(
+        "SIGKILL ×{}, restarts ×{}; ejections {ejections}",
+        a.kills, a.kills
+    );
     row.figure = format!("error rate {rate:.3} %");
     Ok(row)
 }
@@ -276,7 +284,10 @@ pub async fn flapping(ctx: &Ctx) -> Result<Row> {
 /// requests once it is up.
 /// Figure: client errors, attempts / requests, the late server's share.
 pub async fn half_503_late_start(ctx: &Ctx) -> Result<Row> {
-    let mut row = Row::new("half-503-late-start", "503 every 2nd request + a late server");
+    let mut row = Row::new(
+        "half-503-late-start",
+        "503 every 2nd request + a late server",
+    );
     let args = sim_args(8, 0);
     let mut a_args = args.clone();
     a_args.extend(["--fault".into(), "status_every=503/2".into()]);
@@ -295,7 +306,11 @@ pub async fn half_503_late_start(ctx: &Ctx) -> Result<Row> {
     row.tally(&t);
     let n_attempts = attempts(&[&a, &b, &c]).await;
     let late = c.stats().await.map(|s| s.inference_requests).unwrap_or(0);
-    let failed_503 = a.stats().await.map(|s| s.inference_requests / 2).unwrap_or(0);
+    let failed_503 = a
+        .stats()
+        .await
+        .map(|s| s.inference_requests / 2)
+        .unwrap_or(0);
     row.check(t.failed() == 0, format!("{} client errors", t.failed()));
     row.check(late > 0, "the late server never served");
     row.evidence = format!("≈{failed_503} 503s answered; late server started after 1 s");

@@ -18,9 +18,7 @@ use crate::report::Row;
 
 const ADMIN_PASSWORD: &str = "chaos-admin-password-0123";
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ChaosError::Pg(format!("blocking task: {e}")))?
@@ -78,7 +76,10 @@ pub async fn outage(ctx: &Ctx) -> Result<Row> {
         &[
             ("BACKENDS", format!("m:{}", sim.addr())),
             ("DATABASE_URL", pg.url()),
-            ("JWT_SECRET", "chaos-jwt-secret-0123456789abcdefghijklmnop".into()),
+            (
+                "JWT_SECRET",
+                "chaos-jwt-secret-0123456789abcdefghijklmnop".into(),
+            ),
             ("ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
         ],
     )
@@ -165,7 +166,10 @@ pub async fn outage(ctx: &Ctx) -> Result<Row> {
             unknown_status.verdict,
             crate::client::Verdict::Http(401 | 503, _)
         ),
-        format!("unknown key during the outage: {:?}", unknown_status.verdict),
+        format!(
+            "unknown key during the outage: {:?}",
+            unknown_status.verdict
+        ),
     );
     row.check(
         login_status == 503,
@@ -179,7 +183,10 @@ pub async fn outage(ctx: &Ctx) -> Result<Row> {
         unknown_took <= ctx.deadline(Duration::from_millis(2_100)),
         format!("unknown key answered after {}", fmt_ms(unknown_took)),
     );
-    row.check(recovered.is_some(), "keys could not be created after recovery");
+    row.check(
+        recovered.is_some(),
+        "keys could not be created after recovery",
+    );
     drop(pg);
     row.evidence = format!(
         "throwaway PostgreSQL (port {pg_port}) stopped {} s; unknown key got {:?}; audit rows not checked (no audit writer yet)",

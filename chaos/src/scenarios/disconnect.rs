@@ -43,7 +43,7 @@ async fn one_wave(ctx: &Ctx, gw: &Gateway, sim: &Sim, n: usize) -> (usize, u64, 
                     let status = r.status();
                     got = status == 200 && matches!(r.chunk().await, Ok(Some(_)));
                     if !got {
-                                        eprintln!("wave stream not opened: {status}");
+                        eprintln!("wave stream not opened: {status}");
                     }
                     resp = Some(r);
                 }
@@ -88,8 +88,19 @@ pub async fn wave(ctx: &Ctx) -> Result<Row> {
     let mut row = Row::new("disconnect-wave", "clients drop their streams at once");
     let n = ctx.n(200, 1_000);
     // Streams that never end by themselves (100,000 tokens, one a second).
-    let sim = Sim::start(ctx, "a", &["--model", "m", "--tokens", "100000", "--token-delay-ms", "1000"])
-        .await?;
+    let sim = Sim::start(
+        ctx,
+        "a",
+        &[
+            "--model",
+            "m",
+            "--tokens",
+            "100000",
+            "--token-delay-ms",
+            "1000",
+        ],
+    )
+    .await?;
     let gw = Gateway::start(
         ctx,
         &[
@@ -116,17 +127,29 @@ pub async fn wave(ctx: &Ctx) -> Result<Row> {
         let disc_before = sim.stats().await?.client_disconnects;
         let (open, peak, released) = one_wave(ctx, &gw, &sim, n).await;
         peaks.push(peak);
-        row.check(open == n, format!("wave {}: only {open} of {n} streams opened", w + 1));
-        let closed = wait_until(ctx.deadline(Duration::from_secs(1)).max(Duration::from_secs(1)), || async {
-            sim.stats().await.is_ok_and(|s| s.active_requests == 0)
-        })
+        row.check(
+            open == n,
+            format!("wave {}: only {open} of {n} streams opened", w + 1),
+        );
+        let closed = wait_until(
+            ctx.deadline(Duration::from_secs(1))
+                .max(Duration::from_secs(1)),
+            || async { sim.stats().await.is_ok_and(|s| s.active_requests == 0) },
+        )
         .await;
         let took = released.elapsed();
         match closed {
             Some(_) => worst = worst.max(took),
             None => {
                 worst = worst.max(took);
-                row.check(false, format!("wave {}: upstream requests still open after {}", w + 1, fmt_ms(took)));
+                row.check(
+                    false,
+                    format!(
+                        "wave {}: upstream requests still open after {}",
+                        w + 1,
+                        fmt_ms(took)
+                    ),
+                );
             }
         }
         row.check(
@@ -174,7 +197,11 @@ pub async fn wave(ctx: &Ctx) -> Result<Row> {
     }
     row.requests = 3 * n as u64;
     let end: ProcStats = gw.proc();
-    row.evidence = format!("{}; RSS now {} MiB", evidence.join("; "), end.rss_kib / 1024);
+    row.evidence = format!(
+        "{}; RSS now {} MiB",
+        evidence.join("; "),
+        end.rss_kib / 1024
+    );
     row.figure = format!("disconnect → upstream closed ≤ {}", fmt_ms(worst));
     Ok(row)
 }

@@ -58,7 +58,11 @@ pub async fn churn(ctx: &Ctx) -> Result<Row> {
     let started = Instant::now();
     let mut flips = 0u32;
     while started.elapsed() < window {
-        let models = if flips % 2 == 0 { vec!["y"] } else { vec!["m", "y"] };
+        let models = if flips % 2 == 0 {
+            vec!["y"]
+        } else {
+            vec!["m", "y"]
+        };
         a.control("models", serde_json::json!({ "models": models }))
             .await?;
         flips += 1;
@@ -79,6 +83,9 @@ pub async fn churn(ctx: &Ctx) -> Result<Row> {
     row.check(y_5xx == 0, format!("{y_5xx} 5xx for y"));
     let a_served = a.stats().await.map(|s| s.inference_requests).unwrap_or(0);
     row.evidence = format!("{flips} model-list flips; the changing server answered {a_served}");
-    row.figure = format!("{flips} flips, {} errors on m, {y_5xx} 5xx on y", tm.failed());
+    row.figure = format!(
+        "{flips} flips, {} errors on m, {y_5xx} 5xx on y",
+        tm.failed()
+    );
     Ok(row)
 }

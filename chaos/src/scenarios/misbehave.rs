@@ -36,7 +36,11 @@ async fn requests(ctx: &Ctx, gw: &Gateway, stream: bool, n: usize, c: usize) -> 
 }
 
 fn slowest(samples: &[Sample]) -> Duration {
-    samples.iter().map(Sample::latency).max().unwrap_or_default()
+    samples
+        .iter()
+        .map(Sample::latency)
+        .max()
+        .unwrap_or_default()
 }
 
 fn all_error_events(samples: &[Sample]) -> bool {
@@ -79,7 +83,10 @@ pub async fn huge_event(ctx: &Ctx) -> Result<Row> {
     let growth = gw.proc().hwm_kib.saturating_sub(before);
     row.tally(&Tally::of(&s));
     row.check(all_error_events(&s), format!("{:?}", Tally::of(&s).errors));
-    row.check(growth <= 64 * 1024, format!("RSS grew {} MiB", growth / 1024));
+    row.check(
+        growth <= 64 * 1024,
+        format!("RSS grew {} MiB", growth / 1024),
+    );
     let relayed: usize = s.iter().map(|x| x.bytes).max().unwrap_or(0);
     row.evidence = format!(
         "{} × 50 MiB events sent; at most {relayed} B reached a client",
@@ -110,7 +117,10 @@ pub async fn headers_then_silence(ctx: &Ctx) -> Result<Row> {
     let clean = s
         .iter()
         .all(|x| matches!(x.verdict, Verdict::StreamError(_) | Verdict::Http(504, _)));
-    row.check(clean && !s.is_empty(), format!("{:?}", Tally::of(&s).errors));
+    row.check(
+        clean && !s.is_empty(),
+        format!("{:?}", Tally::of(&s).errors),
+    );
     row.check(
         slowest(&s) <= ctx.deadline(Duration::from_secs(4)),
         format!("slowest {}", fmt_ms(slowest(&s))),
@@ -153,7 +163,11 @@ pub async fn never_ends(ctx: &Ctx) -> Result<Row> {
         slowest(&whole) <= ctx.deadline(Duration::from_secs(4)),
         format!("slowest whole answer {}", fmt_ms(slowest(&whole))),
     );
-    row.evidence = format!("{} streams and {} answers stalled", streams.len(), whole.len());
+    row.evidence = format!(
+        "{} streams and {} answers stalled",
+        streams.len(),
+        whole.len()
+    );
     row.figure = format!(
         "stream end {}; whole answer 504 {}",
         fmt_ms(slowest(&streams)),

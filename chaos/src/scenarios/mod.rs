@@ -5,8 +5,8 @@
 
 mod backend;
 mod database;
-mod discovery;
 mod disconnect;
+mod discovery;
 mod misbehave;
 mod network;
 mod overload;
@@ -134,9 +134,8 @@ pub async fn run(name: &str, ctx: &Ctx) -> Row {
 
 /// The README's scenario table (name, fault, pass condition, figure).
 pub fn catalogue() -> String {
-    let mut out = String::from(
-        "| scenario | fault | pass condition | figure |\n|---|---|---|---|\n",
-    );
+    let mut out =
+        String::from("| scenario | fault | pass condition | figure |\n|---|---|---|---|\n");
     for s in ALL {
         out.push_str(&format!(
             "| `{}` | {} | {} | {} |\n",

@@ -121,7 +121,10 @@ fn p50_latency(samples: &[Sample]) -> Duration {
 /// Figure: the added p50 latency against the server read directly (evidence that the
 /// toxic delayed bytes).
 pub async fn latency_jitter(ctx: &Ctx) -> Result<Row> {
-    let mut row = Row::new("latency-jitter", "latency 50±25 ms both ways, slow_close 200 ms");
+    let mut row = Row::new(
+        "latency-jitter",
+        "latency 50±25 ms both ways, slow_close 200 ms",
+    );
     let latency = ToxicKind::Latency {
         latency: 50,
         jitter: 25,
@@ -174,7 +177,10 @@ pub async fn bandwidth(ctx: &Ctx) -> Result<Row> {
         ctx,
         4,
         0,
-        Some(&[("slices", slices), ("bandwidth", ToxicKind::Bandwidth { rate: 1 })]),
+        Some(&[
+            ("slices", slices),
+            ("bandwidth", ToxicKind::Bandwidth { rate: 1 }),
+        ]),
     )
     .await?;
     let samples = p.streams(ctx, ctx.n(6, 40), 3).await;
@@ -195,7 +201,11 @@ pub async fn bandwidth(ctx: &Ctx) -> Result<Row> {
     );
     row.check(
         ttfb50 < dur50 / 2,
-        format!("TTFB p50 {} vs duration p50 {}", fmt_ms(ttfb50), fmt_ms(dur50)),
+        format!(
+            "TTFB p50 {} vs duration p50 {}",
+            fmt_ms(ttfb50),
+            fmt_ms(dur50)
+        ),
     );
     let bytes = samples.first().map_or(0, |s| s.bytes);
     row.evidence = format!(
@@ -203,7 +213,11 @@ pub async fn bandwidth(ctx: &Ctx) -> Result<Row> {
         fmt_ms(dur50),
         fmt_ms(p50_latency(&p.clean_samples))
     );
-    row.figure = format!("TTFB p50 {} / duration p50 {}", fmt_ms(ttfb50), fmt_ms(dur50));
+    row.figure = format!(
+        "TTFB p50 {} / duration p50 {}",
+        fmt_ms(ttfb50),
+        fmt_ms(dur50)
+    );
     Ok(row)
 }
 
@@ -286,7 +300,10 @@ pub async fn timeout_stall(ctx: &Ctx) -> Result<Row> {
     // from above.
     let worst = samples
         .iter()
-        .map(|s| s.ended.saturating_duration_since(s.first_byte.unwrap_or(s.started)))
+        .map(|s| {
+            s.ended
+                .saturating_duration_since(s.first_byte.unwrap_or(s.started))
+        })
         .max()
         .unwrap_or_default();
     let errored = samples
@@ -295,7 +312,10 @@ pub async fn timeout_stall(ctx: &Ctx) -> Result<Row> {
         .count();
     row.check(
         errored == samples.len() && !samples.is_empty(),
-        format!("{errored} of {} streams ended with an error event", samples.len()),
+        format!(
+            "{errored} of {} streams ended with an error event",
+            samples.len()
+        ),
     );
     row.check(
         worst <= ctx.deadline(Duration::from_secs(2)),

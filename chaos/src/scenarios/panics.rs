@@ -81,7 +81,9 @@ pub async fn panic(ctx: &Ctx, kind: &str) -> Result<Row> {
     let mut crashed = 0;
     for i in 0..3u64 {
         if !gw.crash(kind).await? {
-            return Err(ChaosError::Protocol(format!("no live {kind} actor to crash")));
+            return Err(ChaosError::Protocol(format!(
+                "no live {kind} actor to crash"
+            )));
         }
         crashed += 1;
         if supervised {
@@ -92,7 +94,10 @@ pub async fn panic(ctx: &Ctx, kind: &str) -> Result<Row> {
                 })
             })
             .await;
-            row.check(back.is_some(), format!("{kind} not running again after panic {}", i + 1));
+            row.check(
+                back.is_some(),
+                format!("{kind} not running again after panic {}", i + 1),
+            );
             let (_, ms, _) = supervision(&gw.admin_backends().await?, kind);
             took.push(ms);
         }
@@ -111,7 +116,11 @@ pub async fn panic(ctx: &Ctx, kind: &str) -> Result<Row> {
     for (i, ms) in took.iter().enumerate() {
         row.check(
             *ms <= limit + BACKOFF_MS[i],
-            format!("restart {} took {ms:.1} ms (backoff {} ms)", i + 1, BACKOFF_MS[i]),
+            format!(
+                "restart {} took {ms:.1} ms (backoff {} ms)",
+                i + 1,
+                BACKOFF_MS[i]
+            ),
         );
     }
     row.check(alive, "the gateway exited");
@@ -133,7 +142,9 @@ pub async fn panic(ctx: &Ctx, kind: &str) -> Result<Row> {
             t.failed() == stream_errors && stream_errors <= 3,
             format!("failures beyond the crashed streams: {:?}", t.errors),
         );
-        row.figure = format!("{stream_errors} of 3 crashed streams ended with an error event, 0 other failures");
+        row.figure = format!(
+            "{stream_errors} of 3 crashed streams ended with an error event, 0 other failures"
+        );
     }
     row.evidence = format!("{crashed} panics injected, {restarts} restarts reported");
     Ok(row)
