@@ -14,9 +14,9 @@ use crate::report::Row;
 /// Returns how many were open and the gateway's memory peak while they were.
 async fn one_wave(ctx: &Ctx, gw: &Gateway, sim: &Sim, n: usize) -> (usize, u64, Instant) {
     let barrier = Arc::new(Barrier::new(n + 1));
-    // Streams open 64 at a time (a thousand simultaneous connects overflow the loopback
+    // Streams open 16 at a time (a thousand simultaneous connects overflow the loopback
     // SYN queues and time out); they all disconnect at once.
-    let opening = Arc::new(tokio::sync::Semaphore::new(64));
+    let opening = Arc::new(tokio::sync::Semaphore::new(16));
     let mut tasks = Vec::new();
     for _ in 0..n {
         let (http, url, barrier, opening) = (

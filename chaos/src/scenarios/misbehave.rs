@@ -77,7 +77,14 @@ pub async fn bad_utf8(ctx: &Ctx) -> Result<Row> {
 /// Figure: the RSS growth.
 pub async fn huge_event(ctx: &Ctx) -> Result<Row> {
     let mut row = Row::new("huge-event", "one 50 MiB SSE event");
-    let (_sim, gw) = setup(ctx, "huge_event=2:52428800", &[]).await?;
+    // A simulator busy writing 50 MiB answers its health checks late: longer probe
+    // timeouts keep the liveness check from declaring it dead (that is another scenario).
+    let (_sim, gw) = setup(
+        ctx,
+        "huge_event=2:52428800",
+        &[("HEALTH_PROBE_TIMEOUT", "5000".into())],
+    )
+    .await?;
     let before = gw.proc().rss_kib;
     let s = requests(ctx, &gw, true, ctx.n(3, 20), 2).await;
     let growth = gw.proc().hwm_kib.saturating_sub(before);
