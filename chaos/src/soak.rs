@@ -42,7 +42,7 @@ pub struct Sample {
 pub async fn soak(ctx: &Ctx, total: Duration) -> Result<(Row, Vec<Sample>)> {
     let mut row = Row::new("soak", "all faults in turn");
     let args = ["--model", "m", "--tokens", "16", "--token-delay-ms", "5"];
-    let mut sims = vec![
+    let mut sims = [
         Sim::start(ctx, "a", &args).await?,
         Sim::start(ctx, "b", &args).await?,
         Sim::start(ctx, "c", &args).await?,

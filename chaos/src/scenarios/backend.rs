@@ -28,7 +28,7 @@ fn load(gw: &Gateway, concurrency: usize) -> Load {
     }
 }
 
-/// 1. A server is SIGKILLed while streams are open on it.
+/// Scenario 1: A server is SIGKILLed while streams are open on it.
 ///
 /// Pass: every stream open on the killed server ends with an SSE error event followed by
 /// `[DONE]` within 2 s of the kill (none hangs, none ends silently, none fails otherwise);
@@ -120,7 +120,7 @@ pub async fn kill_mid_stream(ctx: &Ctx) -> Result<Row> {
     Ok(row)
 }
 
-/// 2. A server hangs. Phase 1: it accepts connections and answers nothing at all, health
+/// Scenario 2: A server hangs. Phase 1: it accepts connections and answers nothing at all, health
 /// checks included (a wedged host), under mixed stream and whole-answer load. Phase 2: it
 /// hangs inference only (health checks pass), under streams: FIRST_BYTE_TIMEOUT decides.
 /// (A whole answer on a server that passes its health checks but never answers waits for
@@ -180,7 +180,7 @@ pub async fn hang(ctx: &Ctx) -> Result<Row> {
     Ok(row)
 }
 
-/// 3. A server answers 503 to inference for 30 s (short: 3 s), then recovers.
+/// Scenario 3: A server answers 503 to inference for 30 s (short: 3 s), then recovers.
 ///
 /// Pass: 0 client errors (every 503 retried on the replica); the server is passively
 /// ejected (seen in /metrics); after recovery it serves requests again within
@@ -237,7 +237,7 @@ pub async fn unavailable_then_recover(ctx: &Ctx) -> Result<Row> {
     Ok(row)
 }
 
-/// 5. A server flaps: up 2 s, SIGKILLed, down 2 s, restarted, for 60 s (short: 8 s),
+/// Scenario 5: A server flaps: up 2 s, SIGKILLed, down 2 s, restarted, for 60 s (short: 8 s),
 /// under load, next to a healthy replica.
 ///
 /// Pass: client error rate < 1 % (streams cut by a kill count as errors).
@@ -277,7 +277,7 @@ pub async fn flapping(ctx: &Ctx) -> Result<Row> {
     Ok(row)
 }
 
-/// 11. One server answers 503 to every second request; another starts 1 s after the
+/// Scenario 11: One server answers 503 to every second request; another starts 1 s after the
 /// gateway; a third is healthy. Concurrency 64.
 ///
 /// Pass: 0 client errors while a healthy server has capacity; the late server serves
