@@ -19,6 +19,7 @@ ENV CARGO_TERM_COLOR=never \
 # --- dependency layer: manifests only (add new workspace members' Cargo.toml here) -------
 COPY Cargo.toml Cargo.lock ./
 COPY actors/Cargo.toml actors/Cargo.toml
+COPY chaos/Cargo.toml chaos/Cargo.toml
 
 # Stub every target the manifests declare so cargo can parse them, then build only the
 # dependencies. [[bin]]/[[bench]]/[[test]]/[[example]] sections get `fn main() {}` at their
@@ -50,11 +51,12 @@ stub_targets() {
         END { flush() }
     ' "$dir/Cargo.toml"
 }
-mkdir -p src actors/src
+mkdir -p src actors/src chaos/src
 : > src/lib.rs
 : > actors/src/lib.rs
+: > chaos/src/lib.rs
 echo 'fn main() {}' > src/main.rs
-for f in $(stub_targets . ; stub_targets actors); do
+for f in $(stub_targets . ; stub_targets actors ; stub_targets chaos); do
     mkdir -p "$(dirname "$f")"
     [ -f "$f" ] || echo 'fn main() {}' > "$f"
 done
@@ -66,7 +68,7 @@ COPY . .
 # Directories git does not keep when empty, but the manifest or the image may need.
 # Touch the sources so cargo rebuilds the workspace crates over the stub artefacts.
 RUN mkdir -p migrations benches tests \
-    && find src actors/src -name '*.rs' -exec touch {} + \
+    && find src actors/src chaos/src -name '*.rs' -exec touch {} + \
     && cargo build --release --locked --bin llmmux \
     && strip target/release/llmmux \
     && ./target/release/llmmux --version
