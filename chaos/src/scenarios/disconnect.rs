@@ -12,18 +12,21 @@ use crate::report::Row;
 
 /// Open `n` streams, wait until each got its first bytes, then drop them all at once.
 /// Returns how many were open and the gateway's memory peak while they were.
-async fn one_wave(ctx: &Ctx, gw: &Gateway, sim: &Sim, n: usize) -> (usize, u64, Instant) {
+async fn one_wave(ctx: &Ctx, gw: &Gateway, n: usize) -> (usize, u64, Instant) {
     let barrier = Arc::new(Barrier::new(n + 1));
     // Streams open 16 at a time (a thousand simultaneous connects overflow the loopback
     // SYN queues and time out); they all disconnect at once.
     let opening = Arc::new(tokio::sync::Semaphore::new(16));
+    // Clients that are done opening (with a stream or not) and wait to disconnect.
+    let ready = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..n {
-        let (http, url, barrier, opening) = (
+        let (http, url, barrier, opening, ready) = (
             ctx.http.clone(),
             format!("{}/v1/chat/completions", gw.base()),
             barrier.clone(),
             opening.clone(),
+            ready.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let permit = opening.acquire_owned().await;
@@ -50,17 +53,17 @@ async fn one_wave(ctx: &Ctx, gw: &Gateway, sim: &Sim, n: usize) -> (usize, u64, 
                 Err(e) => eprintln!("wave stream not opened: {e}"),
             }
             drop(permit);
+            ready.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             barrier.wait().await;
             // Dropping the response mid-body closes the connection: the client is gone.
             drop(resp);
             got
         }));
     }
-    // Everyone is parked at the barrier once the server sees n active requests.
+    // Every client is done opening and parked at the barrier: all streams that opened are
+    // open now, so this is the memory peak of the wave.
     wait_until(Duration::from_secs(60), || async {
-        sim.stats()
-            .await
-            .is_ok_and(|s| s.active_requests as usize >= n)
+        ready.load(std::sync::atomic::Ordering::Acquire) >= n
     })
     .await;
     let peak = gw.proc().rss_kib;
@@ -125,7 +128,7 @@ pub async fn wave(ctx: &Ctx) -> Result<Row> {
     let mut evidence = Vec::new();
     for w in 0..3 {
         let disc_before = sim.stats().await?.client_disconnects;
-        let (open, peak, released) = one_wave(ctx, &gw, &sim, n).await;
+        let (open, peak, released) = one_wave(ctx, &gw, n).await;
         peaks.push(peak);
         row.check(
             open == n,
