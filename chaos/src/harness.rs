@@ -320,6 +320,12 @@ impl Gateway {
         }
         env.insert("HOST", "127.0.0.1".into());
         env.insert("PORT", port.to_string());
+        // The audit log's files go with the run's logs, never into the working directory.
+        let audit = ctx.log_dir.join(format!("audit-{port}"));
+        env.entry("AUDIT_SPOOL_DIR")
+            .or_insert_with(|| audit.join("spool").display().to_string());
+        env.entry("AUDIT_JOURNAL_PATH")
+            .or_insert_with(|| audit.join("audit.jsonl").display().to_string());
         let mut cmd = command(ctx, &format!("gateway-{port}"))?;
         cmd.arg("serve").envs(env);
         let mut child = cmd.spawn().map_err(|e| ChaosError::Spawn {
@@ -366,6 +372,29 @@ impl Gateway {
     }
 
     /// `GET /admin/backends`: servers, retries, supervision report.
+    /// Requests of `model` in the audit log (`/admin/usage`, summed over days).
+    pub async fn audited_requests(&self, model: &str) -> Result<u64> {
+        let v: Value = self
+            .ctx
+            .http
+            .get(format!("{}/admin/usage?group_by=model", self.base()))
+            .bearer_auth(ADMIN)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(v["data"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter(|r| r["model"] == model)
+                    .filter_map(|r| r["requests"].as_u64())
+                    .sum()
+            })
+            .unwrap_or(0))
+    }
+
     pub async fn admin_backends(&self) -> Result<Value> {
         Ok(self
             .ctx

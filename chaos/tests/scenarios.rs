@@ -84,6 +84,7 @@ scenario_tests! {
     panic_discovery => "panic-discovery",
     panic_health => "panic-health",
     panic_stream => "panic-stream",
+    panic_audit => "panic-audit",
     db_outage => "db-outage",
     overload => "overload",
     half_503_late_start => "half-503-late-start",

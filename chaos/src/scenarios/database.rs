@@ -64,7 +64,8 @@ async fn create_key(ctx: &Ctx, gw: &Gateway, token: &str) -> Option<String> {
 /// Pass: 0 errors for the cached key during and after the outage; a login (which needs
 /// the database) gets 503 within the 2 s acquire timeout + 100 ms, and an unknown key is
 /// refused (401 from the in-memory key table, or 503) as fast: no hang, no 500; after
-/// PostgreSQL is back, a new key can be created within 5 s.
+/// PostgreSQL is back, a new key can be created within 5 s, and every chat request sent
+/// (before, during and after the outage) is in the audit log within 10 s.
 /// Figure: login → 503 time; PostgreSQL back → first key created.
 pub async fn outage(ctx: &Ctx) -> Result<Row> {
     let mut row = Row::new("db-outage", "PostgreSQL stopped under load");
@@ -187,9 +188,25 @@ pub async fn outage(ctx: &Ctx) -> Result<Row> {
         recovered.is_some(),
         "keys could not be created after recovery",
     );
+    // Every chat request made before, during and after the outage is in the audit log
+    // once the spool is replayed (the writer backs off up to 5 s between replay attempts).
+    let sent = (warm.len() + samples.len()) as u64;
+    let mut audited = 0;
+    let landed = wait_until(ctx.deadline(Duration::from_secs(10)), || {
+        let gw = &gw;
+        async move { gw.audited_requests("m").await.is_ok_and(|n| n >= sent) }
+    })
+    .await;
+    if let Ok(n) = gw.audited_requests("m").await {
+        audited = n;
+    }
+    row.check(
+        landed.is_some() && audited == sent,
+        format!("audit log has {audited} of the {sent} chat requests"),
+    );
     drop(pg);
     row.evidence = format!(
-        "throwaway PostgreSQL (port {pg_port}) stopped {} s; unknown key got {:?}; audit rows not checked (no audit writer yet)",
+        "throwaway PostgreSQL (port {pg_port}) stopped {} s; unknown key got {:?}; {audited} of {sent} requests in the audit log after recovery",
         ctx.window(2_000, 10_000).as_secs(),
         unknown_status.verdict
     );

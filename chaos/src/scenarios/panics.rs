@@ -36,7 +36,7 @@ fn supervision(v: &Value, kind: &str) -> (u64, f64, bool) {
     (restarts, slowest, running)
 }
 
-/// An actor of `kind` (registry, discovery, health, stream) panics three times while
+/// An actor of `kind` (registry, discovery, health, stream, audit) panics three times while
 /// streams and whole requests run against two servers.
 ///
 /// Pass: each panic of a supervised actor (registry, discovery, health) is followed by a
