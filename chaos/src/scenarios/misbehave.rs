@@ -77,12 +77,19 @@ pub async fn bad_utf8(ctx: &Ctx) -> Result<Row> {
 /// Figure: the RSS growth.
 pub async fn huge_event(ctx: &Ctx) -> Result<Row> {
     let mut row = Row::new("huge-event", "one 50 MiB SSE event");
-    // A simulator busy writing 50 MiB answers its health checks late: longer probe
-    // timeouts keep the liveness check from declaring it dead (that is another scenario).
+    // A simulator busy writing 50 MiB answers its health checks late, and on a loaded
+    // machine may take more than a second to write the first 4 MiB: long probe, first-byte
+    // and idle timeouts leave the event-size limit as the only thing that can end these
+    // streams (the timeouts have scenarios of their own).
     let (_sim, gw) = setup(
         ctx,
         "huge_event=2:52428800",
-        &[("HEALTH_PROBE_TIMEOUT", "5000".into())],
+        &[
+            ("HEALTH_PROBE_TIMEOUT", "5000".into()),
+            ("FIRST_BYTE_TIMEOUT", "15000".into()),
+            ("STREAM_IDLE_TIMEOUT", "15000".into()),
+            ("REQUEST_TIMEOUT", "30000".into()),
+        ],
     )
     .await?;
     let before = gw.proc().rss_kib;
