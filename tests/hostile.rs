@@ -468,6 +468,21 @@ async fn cors_bodies_and_what_never_leaks() {
     .await;
     all_healthy(&app).await;
     let c = client();
+    // Healthy is not yet discovered: wait for the first poll to list the model.
+    let listed = eventually(Duration::from_secs(10), || {
+        let (c, u) = (c.clone(), url(&app, "/v1/models"));
+        async move {
+            match c.get(u).bearer_auth(KEY).send().await {
+                Ok(r) => r
+                    .json::<Value>()
+                    .await
+                    .is_ok_and(|v| v["data"][0]["id"] == "m"),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    assert!(listed, "the discovered model is listed");
     for origin in ["https://app.example.com", "https://evil.example.com"] {
         let r = c
             .get(url(&app, "/v1/models"))
