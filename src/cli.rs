@@ -81,6 +81,9 @@ pub struct SimArgs {
     /// Fault for every inference request (e.g. `status=503`, `status_every=503/2`, `hang`).
     #[arg(long)]
     pub fault: Option<String>,
+    /// Delay before `/health` answers (a server too busy to answer probes promptly).
+    #[arg(long, default_value_t = 0)]
+    pub health_delay_ms: u64,
     /// No `/health` route (like Ollama or a hosted API).
     #[arg(long)]
     pub no_health_route: bool,
@@ -350,6 +353,7 @@ async fn sim_vllm(args: SimArgs) -> i32 {
         completion_tokens: args.tokens,
         tool_text,
         prefill_ms: args.prefill_ms,
+        health_delay_ms: args.health_delay_ms,
         health_path: (!args.no_health_route).then(|| "/health".to_owned()),
         ..SimConfig::default()
     };

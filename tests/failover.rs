@@ -131,6 +131,91 @@ async fn requests_on_a_silent_server_move_to_another_once_its_probe_fails() {
     app.shutdown().await;
 }
 
+/// A server that keeps streaming but answers its probe late is busy, not dead: it stays in
+/// rotation and new requests, streamed or not, are served by it. Once it sends nothing at
+/// all, a late probe takes it out as before, and a prompt one brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_server_that_answers_probes_late_stays_in_rotation() {
+    let busy = sim_with(&["m"], |c| {
+        c.completion_tokens = 40;
+        c.token_delay_ms = 100;
+    })
+    .await;
+    let app = gateway(&[
+        ("BACKENDS", backends("m", &[&busy])),
+        ("HEALTH_CHECK_INTERVAL", "200".into()),
+        ("HEALTH_PROBE_TIMEOUT", "300".into()),
+        ("FIRST_BYTE_TIMEOUT", "60000".into()),
+        ("REQUEST_TIMEOUT", "60000".into()),
+    ])
+    .await;
+    all_healthy(&app).await;
+    let state = || {
+        let table = app.state.proxy.registry.table.load();
+        table.backends[&llmmux_actors::table::BackendId::new(id_of(&busy))]
+            .health()
+            .clone()
+    };
+    busy.update_config(|c| c.health_delay_ms = 1_000);
+    let probes_before = busy.stats().health_probes;
+    // Four streams of 40 tokens, one every 100 ms: about 4 s of steady output.
+    let long: Vec<_> = (0..4)
+        .map(|_| {
+            let base = url(&app, "/v1/chat/completions");
+            tokio::spawn(async move {
+                client()
+                    .post(base)
+                    .bearer_auth(KEY)
+                    .json(&chat("m", true))
+                    .send()
+                    .await
+                    .expect("send")
+                    .text()
+                    .await
+                    .expect("body")
+            })
+        })
+        .collect();
+    for i in 0..6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let mut body = chat("m", i % 2 == 0);
+        body["max_tokens"] = 2.into();
+        let r = post(&app, "/v1/chat/completions", &body).await;
+        assert_eq!(r.status(), 200, "request {i} while busy: {:?}", state());
+        let text = r.text().await.expect("body");
+        assert!(text.contains("tok0"), "{text}");
+    }
+    for t in long {
+        let body = t.await.expect("stream task");
+        let events = sse_data(&body);
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{body}");
+        assert!(!body.contains("\"error\""), "{body}");
+    }
+    assert!(
+        busy.stats().health_probes >= probes_before + 3,
+        "late probes were sent meanwhile"
+    );
+    assert!(state().admits_traffic(), "busy server is {:?}", state());
+    // Idle now: nothing shows it alive, so the next late probe takes it out.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            matches!(state(), HealthState::Down { .. })
+        })
+        .await,
+        "an idle server whose probes time out stays {:?}",
+        state()
+    );
+    busy.update_config(|c| c.health_delay_ms = 0);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            state().admits_traffic()
+        })
+        .await,
+        "prompt probes bring it back"
+    );
+    app.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_hole_server_is_found_dead_and_its_requests_retried() {
     let (hole, _task) = black_hole().await;

@@ -166,6 +166,9 @@ pub struct BackendHandle {
     accrual: AtomicU64,
     accrual_samples: AtomicU32,
     born: Instant,
+    /// When the server last sent response bytes (ms since `born`; 0: never): evidence that
+    /// a server whose probe timed out is busy, not dead.
+    last_progress: AtomicU64,
     /// Cancelled when the server is found dead, so requests waiting on it give up at once.
     liveness: ArcSwap<CancellationToken>,
     /// Where passive trips go (the registry decides, as the single writer).
@@ -217,6 +220,7 @@ impl BackendHandle {
             accrual: AtomicU64::new(pack(0.0, 0)),
             accrual_samples: AtomicU32::new(0),
             born: Instant::now(),
+            last_progress: AtomicU64::new(0),
             liveness: ArcSwap::from_pointee(CancellationToken::new()),
             registry,
             health: Slot::default(),
@@ -236,6 +240,22 @@ impl BackendHandle {
 
     fn now_ms(&self) -> u32 {
         self.born.elapsed().as_millis() as u32
+    }
+
+    /// The server sent response bytes (headers, an event, a body chunk) just now.
+    pub fn progressed(&self) {
+        // +1 keeps 0 meaning "never"; skipping the store within the same millisecond keeps
+        // the shared cache line quiet when many streams of one server are busy.
+        let now = self.born.elapsed().as_millis() as u64 + 1;
+        if self.last_progress.load(Ordering::Relaxed) != now {
+            self.last_progress.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the server sent response bytes at or after `since`.
+    pub fn progressed_since(&self, since: Instant) -> bool {
+        let last = self.last_progress.load(Ordering::Relaxed);
+        last != 0 && last > since.saturating_duration_since(self.born).as_millis() as u64
     }
 
     /// Reserve a request slot, unless the server is at its cap.
@@ -363,6 +383,18 @@ mod tests {
             origin: Origin::Config,
             revision: 0,
         }
+    }
+
+    #[test]
+    fn progress_counts_only_after_the_given_instant() {
+        let h = BackendHandle::new(&spec("a"), Slot::default());
+        let t0 = Instant::now();
+        assert!(!h.progressed_since(t0), "never progressed");
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        h.progressed();
+        assert!(h.progressed_since(t0));
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        assert!(!h.progressed_since(Instant::now()), "nothing since");
     }
 
     #[test]

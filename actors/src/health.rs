@@ -5,6 +5,11 @@
 //!
 //! Probes run in a spawned task bounded by `probe_timeout` and report back with
 //! `ProbeDone`, so a hanging server never blocks the mailbox.
+//!
+//! A probe that times out while the server kept sending response bytes (its streams'
+//! events, its answers) is not reported: the server is busy, not dead, and declaring it
+//! down would abandon the requests waiting on it. Refusals, resets and bad statuses are
+//! reported at once, as are timeouts of a server that sends nothing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +18,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::debug;
 
 use crate::backend::BackendHandle;
-use crate::ports::Prober;
+use crate::ports::{ProbeError, Prober};
 use crate::registry::RegistryMsg;
 use crate::slot::Slot;
 use crate::table::SharedTable;
@@ -24,7 +29,10 @@ pub enum HealthMsg {
     /// Probe now, on behalf of a request (coalesced: one probe in flight, at most one
     /// on-demand probe per `on_demand_every`).
     ProbeNow,
-    ProbeDone(Result<(), String>),
+    ProbeDone {
+        started: Instant,
+        result: Result<(), ProbeError>,
+    },
     /// Fault injection for supervision tests and the chaos suite.
     #[cfg(feature = "fault-injection")]
     Crash,
@@ -116,16 +124,23 @@ impl Actor for HealthActor {
                     state.start_probe(&myself);
                 }
             }
-            HealthMsg::ProbeDone(res) => {
+            HealthMsg::ProbeDone { started, result } => {
                 state.probing = false;
-                let id = &state.args.handle.id;
-                if let Err(reason) = &res {
+                let handle = &state.args.handle;
+                let id = &handle.id;
+                let busy = result == Err(ProbeError::TimedOut) && handle.progressed_since(started);
+                if busy {
+                    debug!(backend = %id, "health probe timed out while the server kept answering: busy, not down");
+                    myself.send_after(state.args.cfg.interval, || HealthMsg::Probe);
+                    return Ok(());
+                }
+                if let Err(reason) = &result {
                     debug!(backend = %id, %reason, "health probe failed");
                 }
-                let ok = res.is_ok();
+                let ok = result.is_ok();
                 state.args.registry.cast(RegistryMsg::Probed {
                     id: id.clone(),
-                    result: res,
+                    result: result.map_err(|e| e.to_string()),
                 });
                 let admitted = state
                     .args
@@ -161,11 +176,12 @@ impl HealthActorState {
         let timeout = self.args.cfg.probe_timeout;
         let me = myself.clone();
         tokio::spawn(async move {
-            let res = match tokio::time::timeout(timeout, prober.probe(&handle)).await {
+            let started = Instant::now();
+            let result = match tokio::time::timeout(timeout, prober.probe(&handle)).await {
                 Ok(r) => r,
-                Err(_) => Err("health probe timed out".to_owned()),
+                Err(_) => Err(ProbeError::TimedOut),
             };
-            let _ = me.cast(HealthMsg::ProbeDone(res));
+            let _ = me.cast(HealthMsg::ProbeDone { started, result });
         });
     }
 }

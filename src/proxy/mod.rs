@@ -602,6 +602,7 @@ impl Call<'_> {
         let stream = self.p.stream;
         let work = async {
             let resp = send.await.map_err(|e| classify(&e))?;
+            backend.progressed();
             let status = resp.status();
             if matches!(status.as_u16(), 502..=504) {
                 return Err(AttemptError::Unavailable(
@@ -667,10 +668,13 @@ impl Call<'_> {
             Err(_) if Instant::now() >= self.deadline => Err(AttemptError::Timeout),
             Err(_) => Ok(Answer::Stream { resp, first: None }),
             Ok(r) => match r? {
-                Ok(Some(first)) => Ok(Answer::Stream {
-                    resp,
-                    first: Some(first),
-                }),
+                Ok(Some(first)) => {
+                    backend.progressed();
+                    Ok(Answer::Stream {
+                        resp,
+                        first: Some(first),
+                    })
+                }
                 Ok(None) => Err(AttemptError::Reset),
                 Err(e) => Err(classify(&e)),
             },

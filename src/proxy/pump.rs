@@ -261,6 +261,7 @@ impl Pump {
                     Some(Err((e, why))) => Step::Failed(e, why),
                     Some(Ok(item)) => {
                         self.started = true;
+                        self.backend.progressed();
                         Step::Item(item)
                     }
                 },

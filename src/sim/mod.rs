@@ -52,6 +52,9 @@ pub struct SimConfig {
     /// The health route (`/health` like vLLM, SGLang, llama.cpp); `None` for engines and
     /// providers without one (Ollama, hosted APIs): it answers 404.
     pub health_path: Option<String>,
+    /// Delay before the health route answers: an API server too busy to answer probes
+    /// promptly while it keeps generating.
+    pub health_delay_ms: u64,
 }
 
 impl Default for SimConfig {
@@ -66,6 +69,7 @@ impl Default for SimConfig {
             tool_text: None,
             api_key: None,
             prefill_ms: 0,
+            health_delay_ms: 0,
             health_path: Some("/health".into()),
         }
     }

@@ -299,6 +299,15 @@ async fn read_body(body: Incoming) -> Option<Bytes> {
         .map(|c| c.to_bytes())
 }
 
+/// The health route: counted on arrival, answered after `health_delay_ms`.
+async fn health(shared: &Shared) -> Response<Body> {
+    shared.counters.health_probes.fetch_add(1, Ordering::SeqCst);
+    let delay = shared.lock().cfg.health_delay_ms;
+    sleep_ms(delay).await;
+    let status = shared.lock().health;
+    empty(status)
+}
+
 async fn handle(req: Request<Incoming>, shared: Arc<Shared>, ctl: ConnCtl) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
@@ -335,9 +344,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>, ctl: ConnCtl) -> Re
         return inference(kind, req, shared, ctl).await;
     }
     if health_path.as_deref() == Some(path.as_str()) && path != "/health" {
-        c.health_probes.fetch_add(1, Ordering::SeqCst);
-        let status = shared.lock().health;
-        return empty(status);
+        return health(&shared).await;
     }
     match path.as_str() {
         "/health" if health_path.as_deref() != Some("/health") => not_found(),
@@ -345,9 +352,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>, ctl: ConnCtl) -> Re
             if !(method == Method::GET || (path == "/ping" && method == Method::POST)) {
                 return method_not_allowed();
             }
-            c.health_probes.fetch_add(1, Ordering::SeqCst);
-            let status = shared.lock().health;
-            empty(status)
+            health(&shared).await
         }
         "/version" if method == Method::GET => {
             json_response(200, &json!({"version": vllm::VERSION}))
@@ -887,6 +892,7 @@ fn apply_config(v: &Value, shared: &Shared) -> Result<(), String> {
             }
             "api_key" => cfg.api_key = val.as_str().map(str::to_string),
             "prefill_ms" => cfg.prefill_ms = num()?,
+            "health_delay_ms" => cfg.health_delay_ms = num()?,
             "health_path" => cfg.health_path = val.as_str().map(str::to_string),
             "models" => {
                 cfg.models = val

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use llmmux_actors::backend::{BackendHandle, HealthCheck};
-use llmmux_actors::ports::{BoxFuture, ModelLister, Prober};
+use llmmux_actors::ports::{BoxFuture, ModelLister, ProbeError, Prober};
 use llmmux_actors::table::ModelCard;
 
 use super::ServerExt;
@@ -42,22 +42,28 @@ fn reason(e: &reqwest::Error) -> String {
 }
 
 impl Prober for HttpControlPlane {
-    fn probe<'a>(&'a self, backend: &'a BackendHandle) -> BoxFuture<'a, Result<(), String>> {
+    fn probe<'a>(&'a self, backend: &'a BackendHandle) -> BoxFuture<'a, Result<(), ProbeError>> {
         Box::pin(async move {
             let path = match &backend.health_check {
                 HealthCheck::Passive => return Ok(()),
                 HealthCheck::Models => "/v1/models",
                 HealthCheck::Path(p) => p,
             };
-            let resp = self
-                .get(backend, path)
-                .send()
-                .await
-                .map_err(|e| reason(&e))?;
+            let resp = self.get(backend, path).send().await.map_err(|e| {
+                // A connect timeout counts as a timeout: a full accept queue is busy too.
+                if e.is_timeout() {
+                    ProbeError::TimedOut
+                } else {
+                    ProbeError::Failed(reason(&e))
+                }
+            })?;
             if resp.status().is_success() {
                 Ok(())
             } else {
-                Err(format!("health check answered {}", resp.status().as_u16()))
+                Err(ProbeError::Failed(format!(
+                    "health check answered {}",
+                    resp.status().as_u16()
+                )))
             }
         })
     }
