@@ -553,5 +553,41 @@ async fn without_a_database_the_journal_records_and_answers() {
         .expect("json");
     assert_eq!(page["data"].as_array().map(Vec::len), Some(5));
     assert_eq!(page["has_more"], true);
+    // Walking the cursor visits every request once, newest first.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let q = after
+            .as_ref()
+            .map_or(String::new(), |a| format!("&after={a}"));
+        let page: Value = client()
+            .get(format!("http://{addr}/admin/audit/requests?limit=7{q}"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        for r in page["data"].as_array().expect("data") {
+            if let Some(id) = r["request_id"].as_str().filter(|i| i.starts_with("j-")) {
+                seen.push((
+                    r["created_at"].as_str().unwrap_or("").to_owned(),
+                    id.to_owned(),
+                ));
+            }
+        }
+        if page["has_more"] != true {
+            break;
+        }
+        after = page["last_id"].as_str().map(str::to_owned);
+        assert!(seen.len() <= 30, "the cursor loops: {seen:?}");
+    }
+    let unique: std::collections::HashSet<_> = seen.iter().map(|(_, id)| id).collect();
+    assert_eq!((seen.len(), unique.len()), (30, 30), "{seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0].0 >= w[1].0),
+        "newest first: {seen:?}"
+    );
     app.shutdown().await;
 }

@@ -75,10 +75,9 @@ impl Journal {
         Ok(())
     }
 
-    /// Every record in the journal (the rotated file first), for the admin queries.
-    /// Unreadable lines (a torn tail) are skipped.
-    pub fn scan_blocking(&self) -> std::io::Result<Vec<AuditRecord>> {
-        let mut out = Vec::new();
+    /// Visits every record in the journal (the rotated file first), one line at a time, so
+    /// a query holds only what it keeps. Unreadable lines (a torn tail) are skipped.
+    pub fn for_each_blocking(&self, mut visit: impl FnMut(AuditRecord)) -> std::io::Result<()> {
         for p in [rotated(&self.path), (*self.path).clone()] {
             let f = match File::open(&p) {
                 Ok(f) => f,
@@ -87,10 +86,10 @@ impl Journal {
             };
             for line in BufReader::new(f).split(b'\n') {
                 if let Ok(r) = serde_json::from_slice::<AuditRecord>(&line?) {
-                    out.push(r);
+                    visit(r);
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }

@@ -278,24 +278,33 @@ impl Audit {
         &self.handle.queue.stats
     }
 
-    async fn scan(&self) -> Result<Vec<AuditRecord>, QueryError> {
-        match &self.storage.store {
-            Store::Journal(j) => {
-                let j = j.clone();
-                blocking(move || j.scan_blocking())
-                    .await
-                    .map_err(|_| QueryError::Unavailable)?
-                    .map_err(|_| QueryError::Unavailable)
-            }
-            Store::Pg(_) => Ok(Vec::new()),
-        }
+    /// Runs a query over the journal in the blocking pool.
+    async fn over_journal<R: Send + 'static>(
+        &self,
+        query: impl FnOnce(query::Scan<'_>) -> Result<R, QueryError> + Send + 'static,
+    ) -> Result<R, QueryError> {
+        let Store::Journal(j) = &self.storage.store else {
+            return Err(QueryError::Unavailable);
+        };
+        let j = j.clone();
+        let scan = move |visit: &mut dyn FnMut(AuditRecord)| {
+            j.for_each_blocking(visit)
+                .map_err(|_| QueryError::Unavailable)
+        };
+        blocking(move || query(&scan))
+            .await
+            .map_err(|_| QueryError::Unavailable)
+            .and_then(|r| r)
     }
 
     pub async fn requests(&self, q: Option<&str>) -> Result<Value, QueryError> {
         let (f, page) = query::parse_list(q, false)?;
         match &self.storage.store {
             Store::Pg(pg) => pg.requests(&f, page).await,
-            Store::Journal(_) => query::scan_requests(&self.scan().await?, &f, page),
+            Store::Journal(_) => {
+                self.over_journal(move |scan| query::scan_requests(scan, &f, page))
+                    .await
+            }
         }
     }
 
@@ -303,7 +312,10 @@ impl Audit {
         let (f, page) = query::parse_list(q, true)?;
         match &self.storage.store {
             Store::Pg(pg) => pg.activity(&f, page).await,
-            Store::Journal(_) => query::scan_activity(&self.scan().await?, &f, page),
+            Store::Journal(_) => {
+                self.over_journal(move |scan| query::scan_activity(scan, &f, page))
+                    .await
+            }
         }
     }
 
@@ -311,7 +323,11 @@ impl Audit {
         let uq = query::parse_usage(q, record::micros(SystemTime::now()))?;
         let rows = match &self.storage.store {
             Store::Pg(pg) => pg.usage(&uq).await?,
-            Store::Journal(_) => query::scan_usage(&self.scan().await?, &uq),
+            Store::Journal(_) => {
+                let q = uq.clone();
+                self.over_journal(move |scan| query::scan_usage(scan, &q))
+                    .await?
+            }
         };
         Ok(query::usage_json(&uq, &rows))
     }

@@ -3,7 +3,8 @@
 //! parsed from the query string, answered by PostgreSQL or (without a database) by a scan of
 //! the local journal, and rendered the same way for both.
 
-use std::collections::{BTreeMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use serde_json::{json, Value};
@@ -326,69 +327,151 @@ fn activity_matches(f: &Filter, a: &ActivityEntry) -> bool {
         && f.action.as_ref().is_none_or(|x| &a.action == x)
 }
 
-/// Newest first, one row per id, from `after` on; `limit + 1` rows at most.
-fn page_of<T>(
-    mut rows: Vec<(i64, Uuid, T)>,
+/// Reads the whole journal, handing each record to the visitor.
+pub type Scan<'a> = &'a (dyn Fn(&mut dyn FnMut(AuditRecord)) -> Result<(), QueryError> + Sync);
+
+/// A row kept for a page, ordered by (time, id) only.
+struct Keyed {
+    key: (i64, Uuid),
+    row: Value,
+}
+
+impl PartialEq for Keyed {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+impl Eq for Keyed {}
+impl PartialOrd for Keyed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Keyed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&other.key)
+    }
+}
+
+/// Newest first, one row per id, older than the `after` record; `limit + 1` rows at most.
+/// Two passes over the journal (the cursor's place, then the page), each holding at most
+/// a page: memory is bounded by `limit`, not by the journal.
+fn page_of<E>(
+    scan: Scan<'_>,
     page: Page,
-) -> Result<Vec<(i64, Uuid, T)>, QueryError> {
-    rows.sort_by_key(|r| std::cmp::Reverse((r.0, r.1)));
-    let mut seen = HashSet::new();
-    rows.retain(|r| seen.insert(r.1));
-    let start = match page.after {
-        None => 0,
-        Some(id) => {
-            rows.iter()
-                .position(|r| r.1 == id)
-                .ok_or_else(|| invalid("after", "after is not the id of a record"))?
-                + 1
+    matching: impl Fn(&AuditRecord) -> Option<((i64, Uuid), &E)>,
+    to_json: impl Fn(&E) -> Value,
+) -> Result<Value, QueryError> {
+    let below = match page.after {
+        None => None,
+        Some(after) => {
+            let mut found = None;
+            scan(&mut |r| {
+                if let Some((key, _)) = matching(&r).filter(|(k, _)| k.1 == after) {
+                    found = Some(key);
+                }
+            })?;
+            Some(found.ok_or_else(|| invalid("after", "after is not the id of a record"))?)
         }
     };
-    Ok(rows.into_iter().skip(start).take(page.limit + 1).collect())
-}
-
-pub fn scan_requests(all: &[AuditRecord], f: &Filter, page: Page) -> Result<Value, QueryError> {
-    let rows = all
-        .iter()
-        .filter_map(|r| match r {
-            AuditRecord::Request(r) if request_matches(f, r) => Some((r.ts_us, r.id, r)),
-            _ => None,
-        })
+    let keep = page.limit + 1;
+    let mut heap: BinaryHeap<Reverse<Keyed>> = BinaryHeap::with_capacity(keep + 1);
+    let mut ids: HashSet<Uuid> = HashSet::with_capacity(keep + 1);
+    scan(&mut |r| {
+        let Some((key, entry)) = matching(&r) else {
+            return;
+        };
+        if below.is_some_and(|b| key >= b) || ids.contains(&key.1) {
+            return;
+        }
+        if heap.len() == keep && heap.peek().is_some_and(|Reverse(min)| key <= min.key) {
+            return;
+        }
+        ids.insert(key.1);
+        heap.push(Reverse(Keyed {
+            key,
+            row: to_json(entry),
+        }));
+        if heap.len() > keep {
+            if let Some(Reverse(dropped)) = heap.pop() {
+                ids.remove(&dropped.key.1);
+            }
+        }
+    })?;
+    let rows = heap
+        .into_sorted_vec()
+        .into_iter()
+        .map(|Reverse(k)| (k.key.1, k.row))
         .collect();
-    let rows = page_of(rows, page)?;
-    Ok(list_json(
-        rows.into_iter()
-            .map(|(_, id, r)| (id, request_json(r)))
-            .collect(),
-        page.limit,
-    ))
+    Ok(list_json(rows, page.limit))
 }
 
-pub fn scan_activity(all: &[AuditRecord], f: &Filter, page: Page) -> Result<Value, QueryError> {
-    let rows = all
-        .iter()
-        .filter_map(|r| match r {
-            AuditRecord::Activity(a) if activity_matches(f, a) => Some((a.ts_us, a.id, a)),
+pub fn scan_requests(scan: Scan<'_>, f: &Filter, page: Page) -> Result<Value, QueryError> {
+    page_of(
+        scan,
+        page,
+        |r| match r {
+            AuditRecord::Request(r) if request_matches(f, r) => Some(((r.ts_us, r.id), r)),
             _ => None,
-        })
-        .collect();
-    let rows = page_of(rows, page)?;
-    Ok(list_json(
-        rows.into_iter()
-            .map(|(_, id, a)| (id, activity_json(a)))
-            .collect(),
-        page.limit,
-    ))
+        },
+        request_json,
+    )
 }
 
-pub fn scan_usage(all: &[AuditRecord], q: &UsageQuery) -> Vec<UsageRow> {
-    let mut seen = HashSet::new();
+pub fn scan_activity(scan: Scan<'_>, f: &Filter, page: Page) -> Result<Value, QueryError> {
+    page_of(
+        scan,
+        page,
+        |r| match r {
+            AuditRecord::Activity(a) if activity_matches(f, a) => Some(((a.ts_us, a.id), a)),
+            _ => None,
+        },
+        activity_json,
+    )
+}
+
+/// The ids seen lately. A journal repeats records only when a batch that failed half-way
+/// is appended again, right after itself, so a window larger than the largest batch
+/// (`AUDIT_BATCH_SIZE` ≤ 50,000) bounds the memory of deduplication.
+struct RecentIds {
+    order: std::collections::VecDeque<Uuid>,
+    set: HashSet<Uuid>,
+}
+
+impl RecentIds {
+    const WINDOW: usize = 65_536;
+
+    fn new() -> Self {
+        Self {
+            order: std::collections::VecDeque::new(),
+            set: HashSet::new(),
+        }
+    }
+
+    /// False when `id` was seen within the window.
+    fn insert(&mut self, id: Uuid) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > Self::WINDOW {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+pub fn scan_usage(scan: Scan<'_>, q: &UsageQuery) -> Result<Vec<UsageRow>, QueryError> {
+    let mut seen = RecentIds::new();
     let mut sums: BTreeMap<(String, Option<String>), UsageRow> = BTreeMap::new();
-    for r in all {
-        let AuditRecord::Request(r) = r else { continue };
+    scan(&mut |r| {
+        let AuditRecord::Request(r) = r else { return };
         // Usage is about model requests (not model listings or admin calls).
         if r.model.is_none() || r.ts_us < q.since_us || r.ts_us >= q.until_us || !seen.insert(r.id)
         {
-            continue;
+            return;
         }
         let group = match q.group_by {
             GroupBy::User => r.user_id.map(|u| u.to_string()),
@@ -410,13 +493,99 @@ pub fn scan_usage(all: &[AuditRecord], q: &UsageQuery) -> Vec<UsageRow> {
         row.errors += i64::from(r.status >= 400);
         row.prompt_tokens += r.prompt_tokens.unwrap_or(0) as i64;
         row.completion_tokens += r.completion_tokens.unwrap_or(0) as i64;
-    }
-    sums.into_values().collect()
+    })?;
+    Ok(sums.into_values().collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(id: u128, ts_us: i64) -> AuditRecord {
+        AuditRecord::Request(RequestEntry {
+            id: Uuid::from_u128(id),
+            ts_us,
+            request_id: format!("r{id}"),
+            user_id: None,
+            key_id: None,
+            client_addr: "127.0.0.1".into(),
+            method: "POST".into(),
+            endpoint: "/v1/chat/completions".into(),
+            model: Some("m".into()),
+            backend: None,
+            stream: false,
+            status: 200,
+            error_type: None,
+            attempts: 1,
+            latency_ms: 1.0,
+            ttft_ms: None,
+            prompt_tokens: Some(1),
+            completion_tokens: Some(1),
+            request_body: None,
+            response_body: None,
+        })
+    }
+
+    proptest::proptest! {
+        /// The bounded two-pass pager answers what sorting the whole journal would.
+        #[test]
+        fn journal_pages_match_a_full_sort(
+            times in proptest::collection::vec(0i64..8, 0..40),
+            dup_every in 1usize..6,
+            limit in 1usize..6,
+            after_pick in proptest::option::of(0usize..40),
+        ) {
+            // Ids are distinct; a retried batch repeats some records right after themselves.
+            let mut all = Vec::new();
+            for (i, ts) in times.iter().enumerate() {
+                all.push(request(i as u128 + 1, *ts));
+                if i % dup_every == 0 {
+                    all.push(request(i as u128 + 1, *ts));
+                }
+            }
+            let mut want: Vec<(i64, Uuid)> = times
+                .iter()
+                .enumerate()
+                .map(|(i, ts)| (*ts, Uuid::from_u128(i as u128 + 1)))
+                .collect();
+            want.sort_by_key(|k| Reverse(*k));
+            let after = after_pick.filter(|a| *a < times.len()).map(|a| Uuid::from_u128(a as u128 + 1));
+            let start = after.map_or(0, |id| want.iter().position(|k| k.1 == id).map_or(0, |p| p + 1));
+            let page: Vec<Value> = want[start..]
+                .iter()
+                .take(limit + 1)
+                .map(|(_, id)| json!(id.to_string()))
+                .collect();
+            let scan = |visit: &mut dyn FnMut(AuditRecord)| {
+                all.iter().cloned().for_each(&mut *visit);
+                Ok(())
+            };
+            let got = scan_requests(&scan, &Filter::default(), Page { limit, after })
+                .expect("page");
+            let ids: Vec<Value> = got["data"]
+                .as_array()
+                .expect("data")
+                .iter()
+                .map(|r| r["id"].clone())
+                .collect();
+            let expect_ids: Vec<Value> = page.iter().take(limit).cloned().collect();
+            proptest::prop_assert_eq!(ids, expect_ids);
+            proptest::prop_assert_eq!(got["has_more"].as_bool(), Some(page.len() > limit));
+        }
+    }
+
+    #[test]
+    fn a_cursor_that_names_no_record_is_refused() {
+        let scan = |visit: &mut dyn FnMut(AuditRecord)| {
+            visit(request(1, 1));
+            Ok(())
+        };
+        let page = Page {
+            limit: 5,
+            after: Some(Uuid::from_u128(9)),
+        };
+        assert!(scan_requests(&scan, &Filter::default(), page).is_err());
+    }
 
     #[test]
     fn times_in_three_spellings() {

@@ -762,8 +762,8 @@ fn validate(c: &Config) -> Vec<ConfigError> {
             "must be between 1 and 100 ms (records are synced to disk at least every 100 ms)",
         );
     }
-    if c.audit_batch_size == 0 {
-        err("AUDIT_BATCH_SIZE", "must be at least 1");
+    if !(1..=50_000).contains(&c.audit_batch_size) {
+        err("AUDIT_BATCH_SIZE", "must be between 1 and 50000");
     }
     if c.audit_queue_capacity < c.audit_batch_size {
         err("AUDIT_QUEUE_CAPACITY", "must be at least AUDIT_BATCH_SIZE");
