@@ -422,6 +422,24 @@ async fn admins_query_requests_activity_and_usage_with_filters_and_paging() {
         .bearer_auth(ADMIN)
         .send()
         .await;
+    // A client key refused at an admin route, and a server added (its new id is the target).
+    let r = c
+        .post(format!("http://{addr}/admin/backends/{id}/drain"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("refused drain");
+    assert_eq!(r.status(), 403);
+    let extra = fast_sim().await;
+    let r = c
+        .post(format!("http://{addr}/admin/backends"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"url": extra.base_url(), "models": ["x"], "discover": false}))
+        .send()
+        .await
+        .expect("add");
+    assert_eq!(r.status(), 201);
+    let added: Value = r.json().await.expect("added json");
     until_audited(&db, "q-", 25, Duration::from_secs(10)).await;
     // Pages of 10 over the 25 chat requests: 10, 10, 5, each record once.
     let mut seen = Vec::new();
@@ -489,16 +507,36 @@ async fn admins_query_requests_activity_and_usage_with_filters_and_paging() {
         async move {
             let (_, acts) =
                 admin_get(&addr, "/admin/audit/activity?action=backend_drain", ADMIN).await;
-            acts["data"].as_array().is_some_and(|d| d.len() == 1)
+            acts["data"].as_array().is_some_and(|d| d.len() == 2)
         }
     })
     .await;
-    assert!(found, "the drain is in the activity log");
+    assert!(
+        found,
+        "the drain and the refused one are in the activity log"
+    );
     let (_, acts) = admin_get(&addr, "/admin/audit/activity?action=backend_drain", ADMIN).await;
-    let drain = &acts["data"][0];
+    let drain = acts["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|a| a["outcome"] == "success"))
+        .cloned()
+        .expect("the drain");
     assert_eq!(drain["actor_key_id"], "admin-static:0");
     assert_eq!(drain["target"], format!("backend:{id}"));
     assert_eq!(drain["outcome"], "success");
+    let denied = acts["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|a| a["outcome"] == "denied"))
+        .cloned()
+        .expect("a denied drain");
+    assert_eq!(denied["actor_key_id"], "static:0");
+    assert_eq!(denied["target"], format!("backend:{id}"));
+    let (_, adds) = admin_get(&addr, "/admin/audit/activity?action=backend_add", ADMIN).await;
+    assert_eq!(
+        adds["data"][0]["target"],
+        format!("backend:{}", added["id"].as_str().unwrap_or("?")),
+        "{adds}"
+    );
     let (_, start) = admin_get(&addr, "/admin/audit/activity?action=config_start", ADMIN).await;
     let text = start.to_string();
     assert!(

@@ -137,7 +137,10 @@ pub async fn add_backend(
         .get(&id)
         .map(|e| server_json(e, Instant::now()))
         .unwrap_or_else(|| json!({"id": id.as_str()}));
-    Ok(json_response(StatusCode::CREATED, &entry))
+    let mut resp = json_response(StatusCode::CREATED, &entry);
+    resp.extensions_mut()
+        .insert(super::audit_api::ActionTarget(id.as_str().to_owned()));
+    Ok(resp)
 }
 
 /// `DELETE /admin/backends/{id}`: drain (requests in flight finish, up to

@@ -52,11 +52,16 @@ pub async fn answer(
     Ok(json_response(StatusCode::OK, &v))
 }
 
+/// The server an admin action created, for its activity record (the route's path names
+/// none): set by the handler as a response extension.
+#[derive(Clone, Debug)]
+pub struct ActionTarget(pub String);
+
 /// Records an admin route's action with its caller, target and result.
 pub fn record_admin_action(
     audit: Option<&Audit>,
     action: &str,
-    who: &Principal,
+    who: Option<&Principal>,
     client: IpAddr,
     request_id: String,
     target: &str,
@@ -65,13 +70,13 @@ pub fn record_admin_action(
     let Some(audit) = audit else { return };
     let outcome = if status.is_success() {
         "success"
-    } else if status == StatusCode::FORBIDDEN {
+    } else if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
         "denied"
     } else {
         "failure"
     };
     let mut e = ActivityEntry::new(action, outcome)
-        .by(Some(who))
+        .by(who)
         .detail(serde_json::json!({ "status": status.as_u16() }));
     if !target.is_empty() {
         e = e.target(format!("backend:{target}"));

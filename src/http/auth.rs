@@ -89,19 +89,41 @@ impl Authenticator {
         access: Access,
         headers: &HeaderMap,
     ) -> Result<Principal, GatewayError> {
+        let caller = self.identify(identity, access, headers).await?;
+        self.permit(identity, access, caller)
+    }
+
+    /// Who presented the credential, if anyone did (errors: a malformed header, an
+    /// unreachable store). Public routes need no one.
+    pub async fn identify(
+        &self,
+        identity: Option<&Identity>,
+        access: Access,
+        headers: &HeaderMap,
+    ) -> Result<Option<Principal>, GatewayError> {
         if access == Access::Public {
-            return Ok(Principal::anonymous());
+            return Ok(Some(Principal::anonymous()));
         }
-        let open = self.client.is_empty() && identity.is_none();
-        let found = match self.lookup(headers)? {
+        Ok(match self.lookup(headers)? {
             Lookup::Static(p) => Some(p),
             Lookup::Other(token) => match identity {
                 Some(id) => Some(id.authenticate(token).await?),
                 None => None,
             },
             Lookup::None => None,
-        };
-        match (access, found) {
+        })
+    }
+
+    /// Whether `caller` may use a route with the given access rule.
+    pub fn permit(
+        &self,
+        identity: Option<&Identity>,
+        access: Access,
+        caller: Option<Principal>,
+    ) -> Result<Principal, GatewayError> {
+        let open = self.client.is_empty() && identity.is_none();
+        match (access, caller) {
+            (Access::Public, _) => Ok(Principal::anonymous()),
             (Access::Admin, _) if self.admin.is_empty() && identity.is_none() => {
                 Err(GatewayError::Forbidden(
                     "The admin API is disabled: set ADMIN_API_KEYS or DATABASE_URL to enable it.",

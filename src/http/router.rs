@@ -302,18 +302,33 @@ async fn dispatch(
         return Ok(resp);
     }
     let method = if as_get { Method::GET } else { method };
-    let principal = Arc::new(
-        state
-            .auth
-            .load()
-            .authorize(state.identity.as_ref(), def.access, req.headers())
-            .await?,
-    );
-    outcome.update(|r| r.principal = Some(principal.clone()));
     let peer_ip = outcome.client_ip();
     let id = found.params.get("id").map(str::to_owned);
     let id = id.as_deref().unwrap_or("");
     let action = admin_action(def.route, &method);
+    let auth = state.auth.load();
+    let caller = auth
+        .identify(state.identity.as_ref(), def.access, req.headers())
+        .await?;
+    let principal = match auth.permit(state.identity.as_ref(), def.access, caller.clone()) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            // A refused attempt at an admin change is part of the activity log too.
+            if let Some(action) = action {
+                audit_api::record_admin_action(
+                    state.audit.as_ref(),
+                    action,
+                    caller.as_ref(),
+                    peer_ip,
+                    outcome.id(),
+                    id,
+                    e.status(),
+                );
+            }
+            return Err(e);
+        }
+    };
+    outcome.update(|r| r.principal = Some(principal.clone()));
     let result = route(
         state,
         &cfg,
@@ -327,14 +342,18 @@ async fn dispatch(
     )
     .await;
     if let Some(action) = action {
-        let status = match &result {
-            Ok(r) => r.status(),
-            Err(e) => e.status(),
+        let (status, created) = match &result {
+            Ok(r) => (
+                r.status(),
+                r.extensions().get::<audit_api::ActionTarget>().cloned(),
+            ),
+            Err(e) => (e.status(), None),
         };
+        let id = created.as_ref().map_or(id, |t| t.0.as_str());
         audit_api::record_admin_action(
             state.audit.as_ref(),
             action,
-            &principal,
+            Some(&principal),
             peer_ip,
             outcome.id(),
             id,
