@@ -324,7 +324,7 @@ impl Audit {
         let rows = match &self.storage.store {
             Store::Pg(pg) => pg.usage(&uq).await?,
             Store::Journal(_) => {
-                let q = uq.clone();
+                let q = uq;
                 self.over_journal(move |scan| query::scan_usage(scan, &q))
                     .await?
             }
