@@ -373,7 +373,7 @@ async fn sigterm_with_records_queued_loses_none() {
     let mut vars = db_vars(&db.url(), &s);
     // A long flush interval: records are still queued in memory when the signal comes.
     vars.push(("AUDIT_FLUSH_INTERVAL", "100".into()));
-    vars.push(("AUDIT_BATCH_SIZE", "100000".into()));
+    vars.push(("AUDIT_BATCH_SIZE", "50000".into()));
     vars.push(("AUDIT_QUEUE_CAPACITY", "100000".into()));
     let (child, addr) = serve(llmmux(), &vars);
     let statuses = send_load(&addr, "term-", 0..1_000, 32, None).await;

@@ -79,14 +79,22 @@ impl Running {
         });
         let running = Running(child, rx);
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
         loop {
-            let line = running
+            let line = match running
                 .1
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("expected output");
+            {
+                Ok(line) => line,
+                Err(e) => panic!(
+                    "expected output ({e}); the child printed:\n{}",
+                    seen.join("\n")
+                ),
+            };
             if let Some(found) = find(&line) {
                 return (running, found);
             }
+            seen.push(line);
         }
     }
 

@@ -2,7 +2,7 @@
 //! (`POST /admin/faults/crash/{actor}`, compiled only with `--features fault-injection`)
 //! (issue 12 scenario 8).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -10,6 +10,28 @@ use crate::client::{Background, Chat, Load, Tally, Verdict};
 use crate::error::{ChaosError, Result};
 use crate::harness::{backends, wait_until, Ctx, Gateway, Sim, KEY};
 use crate::report::Row;
+
+/// Time from now to the first SSE bytes of a new stream through the gateway: how soon it
+/// serves again. `None` if the request failed.
+async fn first_bytes(ctx: &Ctx, gw: &Gateway) -> Option<Duration> {
+    let started = Instant::now();
+    let body = serde_json::json!({"model": "m", "stream": true, "max_tokens": 2,
+        "messages": [{"role": "user", "content": "after the panic"}]});
+    let mut resp = ctx
+        .http
+        .post(format!("{}/v1/chat/completions", gw.base()))
+        .bearer_auth(KEY)
+        .json(&body)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()?;
+    if resp.status() != 200 {
+        return None;
+    }
+    let first = resp.chunk().await.ok()??;
+    (!first.is_empty()).then(|| started.elapsed())
+}
 
 /// The supervision report's children for an actor kind: (restarts, slowest last restart
 /// in ms, all running).
@@ -39,8 +61,9 @@ fn supervision(v: &Value, kind: &str) -> (u64, f64, bool) {
 /// An actor of `kind` (registry, discovery, health, stream, audit) panics three times while
 /// streams and whole requests run against two servers.
 ///
-/// Pass: each panic of a supervised actor (registry, discovery, health) is followed by a
-/// restart within 100 ms plus the supervisor's designed backoff (0, 50, 100 ms for the 1st,
+/// Pass: after each panic a new request gets its first bytes within 100 ms (served
+/// again); each panic of a supervised actor (registry, discovery, health, audit) is
+/// followed by a restart within 100 ms plus the supervisor's designed backoff (0, 50, 100 ms for the 1st,
 /// 2nd, 3rd failure in its window; measured by the supervisor) and the actor runs again,
 /// and no request fails; a stream-actor panic (not restarted: the actor is the stream)
 /// fails only its own stream, with an error event and `[DONE]`, never a silent end; the
@@ -78,6 +101,7 @@ pub async fn panic(ctx: &Ctx, kind: &str) -> Result<Row> {
     const BACKOFF_MS: [f64; 3] = [0.0, 50.0, 100.0];
     let supervised = kind != "stream";
     let mut took = Vec::new();
+    let mut served: Vec<Option<Duration>> = Vec::new();
     let mut crashed = 0;
     for i in 0..3u64 {
         if !gw.crash(kind).await? {
@@ -86,6 +110,10 @@ pub async fn panic(ctx: &Ctx, kind: &str) -> Result<Row> {
             )));
         }
         crashed += 1;
+        // Served again: a new request right after the panic gets its first bytes at once,
+        // whatever the supervisor's restart backoff (the request path needs no actor but
+        // its own stream's).
+        served.push(first_bytes(ctx, &gw).await);
         if supervised {
             let back = wait_until(Duration::from_secs(5), || async {
                 gw.admin_backends().await.is_ok_and(|v| {
@@ -123,13 +151,32 @@ pub async fn panic(ctx: &Ctx, kind: &str) -> Result<Row> {
             ),
         );
     }
+    for (i, d) in served.iter().enumerate() {
+        match d {
+            Some(d) => row.check(
+                d.as_secs_f64() * 1000.0 <= limit,
+                format!(
+                    "served {:.1} ms after panic {}",
+                    d.as_secs_f64() * 1000.0,
+                    i + 1
+                ),
+            ),
+            None => row.check(false, format!("a request after panic {} failed", i + 1)),
+        }
+    }
+    let served_ms = served
+        .iter()
+        .flatten()
+        .map(|d| format!("{:.1}", d.as_secs_f64() * 1000.0))
+        .collect::<Vec<_>>()
+        .join(" / ");
     row.check(alive, "the gateway exited");
     row.check(t.requests > 10, format!("only {} requests", t.requests));
     if supervised {
         row.check(restarts >= 3, format!("{restarts} restarts for 3 panics"));
         row.check(t.failed() == 0, format!("{} failed requests", t.failed()));
         row.figure = format!(
-            "restarts {} ms (backoff 0/50/100 ms)",
+            "served again {served_ms} ms after each panic; restarts {} ms (backoff 0/50/100 ms)",
             took.iter()
                 .map(|m| format!("{m:.1}"))
                 .collect::<Vec<_>>()
@@ -143,7 +190,7 @@ pub async fn panic(ctx: &Ctx, kind: &str) -> Result<Row> {
             format!("failures beyond the crashed streams: {:?}", t.errors),
         );
         row.figure = format!(
-            "{stream_errors} of 3 crashed streams ended with an error event, 0 other failures"
+            "served again {served_ms} ms after each panic; {stream_errors} of 3 crashed streams ended with an error event, 0 other failures"
         );
     }
     row.evidence = format!("{crashed} panics injected, {restarts} restarts reported");
