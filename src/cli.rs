@@ -191,7 +191,8 @@ async fn run_app(cfg: ValidatedConfig, listener: TcpListener, source: ConfigSour
         warn!("API_KEYS is empty: the gateway is OPEN, anyone who can reach it can use it");
     }
     // Installed before the gateway says it listens: a SIGHUP that comes right after must
-    // reload, not take the default action (terminate).
+    // reload, and a SIGTERM drain, not take the default action (terminate).
+    let shutdown = ShutdownSignal::install();
     #[cfg(unix)]
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     #[cfg(not(unix))]
@@ -205,7 +206,7 @@ async fn run_app(cfg: ValidatedConfig, listener: TcpListener, source: ConfigSour
     };
     let reloads = tokio::spawn(reload_on_sighup(app.state.clone(), hangups));
     tokio::select! {
-        _ = shutdown_signal() => info!("shutdown requested"),
+        _ = shutdown.wait() => info!("shutdown requested"),
         _ = app.escalated() => {},
     }
     reloads.abort();
@@ -238,25 +239,55 @@ async fn reload_on_sighup(
 #[cfg(not(unix))]
 async fn reload_on_sighup(_state: std::sync::Arc<crate::state::AppState>, _hangups: Option<()>) {}
 
-async fn shutdown_signal() {
+/// SIGTERM and SIGINT, listened for from the moment this is made: a signal that comes right
+/// after a process says it listens must shut it down cleanly, not take the default action.
+struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = tokio::signal::ctrl_c() => {},
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignal {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn wait(self) {
+        #[cfg(unix)]
+        {
+            async fn next(s: Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            if self.term.is_none() && self.int.is_none() {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+            tokio::select! {
+                _ = next(self.term) => {},
+                _ = next(self.int) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -365,11 +396,12 @@ async fn sim_vllm(args: SimArgs) -> i32 {
             return 1;
         }
     };
+    let shutdown = ShutdownSignal::install();
     match sim::start(listener, cfg).await {
         Ok(h) => {
             h.set_fault(fault);
             println!("simulated vLLM server listening on http://{}", h.addr());
-            shutdown_signal().await;
+            shutdown.wait().await;
             h.shutdown();
             0
         }
