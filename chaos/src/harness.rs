@@ -455,6 +455,8 @@ impl Gateway {
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct ProcStats {
     pub rss_kib: u64,
+    /// Resident anonymous memory (heap, stacks): RSS without the binary's pages.
+    pub anon_kib: u64,
     pub hwm_kib: u64,
     pub threads: u64,
     pub fds: u64,
@@ -475,6 +477,7 @@ impl ProcStats {
             .unwrap_or(0);
         ProcStats {
             rss_kib: field("VmRSS"),
+            anon_kib: field("RssAnon"),
             hwm_kib: field("VmHWM"),
             threads: field("Threads"),
             fds,

@@ -12,7 +12,7 @@ use crate::report::Row;
 
 /// Open `n` streams, wait until each got its first bytes, then drop them all at once.
 /// Returns how many were open and the gateway's memory peak while they were.
-async fn one_wave(ctx: &Ctx, gw: &Gateway, n: usize) -> (usize, u64, Instant) {
+async fn one_wave(ctx: &Ctx, gw: &Gateway, n: usize) -> (usize, (u64, u64), Instant) {
     let barrier = Arc::new(Barrier::new(n + 1));
     // Streams open 16 at a time (a thousand simultaneous connects overflow the loopback
     // SYN queues and time out); they all disconnect at once.
@@ -66,7 +66,8 @@ async fn one_wave(ctx: &Ctx, gw: &Gateway, n: usize) -> (usize, u64, Instant) {
         ready.load(std::sync::atomic::Ordering::Acquire) >= n
     })
     .await;
-    let peak = gw.proc().rss_kib;
+    let p = gw.proc();
+    let peak = (p.rss_kib, p.anon_kib);
     barrier.wait().await;
     let released = Instant::now();
     let mut open = 0;
@@ -188,16 +189,17 @@ pub async fn wave(ctx: &Ctx) -> Result<Row> {
             ),
         );
         evidence.push(format!(
-            "wave {}: {open} open, {disc} upstream disconnects seen, peak RSS {} MiB, fds {}→{}",
+            "wave {}: {open} open, {disc} upstream disconnects seen, peak RSS {} MiB (anon {} MiB), fds {}→{}",
             w + 1,
-            peak / 1024,
+            peak.0 / 1024,
+            peak.1 / 1024,
             base.fds,
             after.fds
         ));
     }
     // The first wave also warms the allocator's arenas (measured: the 2nd peak is ≈ 15 %
     // above the 1st); growth that goes on from the 2nd to the 3rd wave is a leak.
-    if let [_, second, third] = peaks[..] {
+    if let [_, (second, _), (third, _)] = peaks[..] {
         row.check(
             third as f64 <= second as f64 * 1.10,
             format!("3rd wave RSS peak {third} KiB > 2nd {second} KiB + 10 %"),
