@@ -138,7 +138,12 @@ async fn connection(
                 request: activity.enter(),
             };
             let st = state.clone();
-            async move { Ok::<_, std::convert::Infallible>(super::router::handle(st, info, req).await) }
+            // Boxed: hyper keeps room for the service's future for the connection's whole
+            // life, and the handler's state machine is kilobytes; boxed, a connection that
+            // carries a long stream holds a pointer, and the handler's memory is freed as
+            // soon as the response starts.
+            let handling = Box::pin(super::router::handle(st, info, req));
+            async move { Ok::<_, std::convert::Infallible>(handling.await) }
         })
     };
     let conn = builder.serve_connection(io, svc);
