@@ -266,6 +266,14 @@ impl Collector for Live {
                 .iter()
                 .map(|e| (id(e), e.handle.ejections_total.load(Ordering::Relaxed))),
         )?;
+        counter(
+            &mut enc,
+            "backend_busy_probes",
+            "Health probes that timed out while the server kept sending responses (busy, not taken down)",
+            servers
+                .iter()
+                .map(|e| (id(e), e.handle.busy_probes_total.load(Ordering::Relaxed))),
+        )?;
         let budgets = s.budgets.snapshot();
         counter(
             &mut enc,

@@ -196,6 +196,21 @@ async fn a_busy_server_that_answers_probes_late_stays_in_rotation() {
         "late probes were sent meanwhile"
     );
     assert!(state().admits_traffic(), "busy server is {:?}", state());
+    let metrics = client()
+        .get(url(&app, "/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let busy_probes: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("llmmux_backend_busy_probes_total{"))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(busy_probes >= 3.0, "busy probes counted: {metrics}");
     // Idle now: nothing shows it alive, so the next late probe takes it out.
     assert!(
         eventually(Duration::from_secs(10), || async {

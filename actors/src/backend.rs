@@ -160,6 +160,8 @@ pub struct BackendHandle {
     pub requests_total: AtomicU64,
     pub failures_total: AtomicU64,
     pub ejections_total: AtomicU64,
+    /// Probes that timed out while the server kept answering (busy, not down).
+    pub busy_probes_total: AtomicU64,
     passive: PassivePolicy,
     /// Failure-rate EWMA: f32 bits in the high half, the time of the last update (ms since
     /// `born`, wrapping) in the low half, so one CAS keeps both consistent.
@@ -216,6 +218,7 @@ impl BackendHandle {
             requests_total: AtomicU64::new(0),
             failures_total: AtomicU64::new(0),
             ejections_total: AtomicU64::new(0),
+            busy_probes_total: AtomicU64::new(0),
             passive: spec.passive,
             accrual: AtomicU64::new(pack(0.0, 0)),
             accrual_samples: AtomicU32::new(0),

@@ -130,6 +130,9 @@ impl Actor for HealthActor {
                 let id = &handle.id;
                 let busy = result == Err(ProbeError::TimedOut) && handle.progressed_since(started);
                 if busy {
+                    handle
+                        .busy_probes_total
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     debug!(backend = %id, "health probe timed out while the server kept answering: busy, not down");
                     myself.send_after(state.args.cfg.interval, || HealthMsg::Probe);
                     return Ok(());
