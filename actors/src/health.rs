@@ -129,22 +129,21 @@ impl Actor for HealthActor {
                 let handle = &state.args.handle;
                 let id = &handle.id;
                 let busy = result == Err(ProbeError::TimedOut) && handle.progressed_since(started);
+                let ok = result.is_ok();
                 if busy {
                     handle
                         .busy_probes_total
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     debug!(backend = %id, "health probe timed out while the server kept answering: busy, not down");
-                    myself.send_after(state.args.cfg.interval, || HealthMsg::Probe);
-                    return Ok(());
+                } else {
+                    if let Err(reason) = &result {
+                        debug!(backend = %id, %reason, "health probe failed");
+                    }
+                    state.args.registry.cast(RegistryMsg::Probed {
+                        id: id.clone(),
+                        result: result.map_err(|e| e.to_string()),
+                    });
                 }
-                if let Err(reason) = &result {
-                    debug!(backend = %id, %reason, "health probe failed");
-                }
-                let ok = result.is_ok();
-                state.args.registry.cast(RegistryMsg::Probed {
-                    id: id.clone(),
-                    result: result.map_err(|e| e.to_string()),
-                });
                 let admitted = state
                     .args
                     .table
@@ -152,7 +151,9 @@ impl Actor for HealthActor {
                     .backends
                     .get(id)
                     .is_some_and(|e| e.health().admits_traffic());
-                let next = if ok && admitted {
+                // A busy server in rotation is probed no faster than usual; one out of
+                // rotation is probed fast so it comes back soon.
+                let next = if (busy || ok) && admitted {
                     state.args.cfg.interval
                 } else {
                     state.args.cfg.fast_interval()
