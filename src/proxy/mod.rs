@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use llmmux_actors::backend::{BackendHandle, Observed};
@@ -462,16 +461,16 @@ fn usage_of_body(body: &[u8]) -> Option<(u64, u64)> {
 }
 
 async fn read_all(resp: reqwest::Response) -> Result<Bytes, AttemptError> {
-    let mut stream = resp.bytes_stream();
-    let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| classify(&e))?;
-        if buf.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(AttemptError::Reset);
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(Bytes::from(buf))
+    // The server's Content-Length sizes the buffer only up to 1 MiB: a server that declares
+    // more than it sends must not make the gateway reserve it.
+    let declared = resp.content_length().map(|n| n.min(1 << 20));
+    let body = http::Response::<reqwest::Body>::from(resp).into_body();
+    prepare::collect(body, declared, MAX_RESPONSE_BYTES)
+        .await
+        .map_err(|e| match e {
+            prepare::Collect::Read(e) => classify(&e),
+            prepare::Collect::TooLarge => AttemptError::Reset,
+        })
 }
 
 /// `Err(Ok(resp))` is a final answer to relay; `Err(Err(e))` a gateway error.

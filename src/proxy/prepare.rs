@@ -40,15 +40,31 @@ pub async fn read_body(
     }
     match tokio::time::timeout(timeout, collect(body, declared, max)).await {
         Err(_) => Err(GatewayError::BodyTimeout),
-        Ok(r) => r,
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(Collect::TooLarge)) => Err(GatewayError::BodyTooLarge(max)),
+        Ok(Err(Collect::Read(_))) => Err(GatewayError::InvalidRequest {
+            message: "The request body could not be read.".into(),
+            param: None,
+        }),
     }
 }
 
-/// The body in one buffer, copied at most once: a body that arrives in one frame is kept
-/// as it came, a longer one goes into a buffer sized from Content-Length (hyper enforces
-/// that length, so the buffer never grows). `collect()` would hold the frames and then copy
-/// them: twice the body at the peak.
-async fn collect<B>(mut body: B, declared: Option<u64>, max: usize) -> Result<Bytes, GatewayError>
+/// Why a body could not be collected.
+#[derive(Debug)]
+pub enum Collect<E> {
+    Read(E),
+    TooLarge,
+}
+
+/// A body (a client's request, a server's whole answer) in one buffer, copied at most once:
+/// a body that arrives in one frame is kept as it came, a longer one goes into a buffer
+/// sized from Content-Length (hyper enforces that length, so the buffer never grows).
+/// `collect()` would hold the frames and then copy them: twice the body at the peak.
+pub async fn collect<B>(
+    mut body: B,
+    declared: Option<u64>,
+    max: usize,
+) -> Result<Bytes, Collect<B::Error>>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
@@ -61,10 +77,7 @@ where
     let mut acc = Acc::Empty;
     let mut len = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| GatewayError::InvalidRequest {
-            message: "The request body could not be read.".into(),
-            param: None,
-        })?;
+        let frame = frame.map_err(Collect::Read)?;
         // Trailers carry nothing the gateway forwards.
         let Ok(data) = frame.into_data() else {
             continue;
@@ -74,7 +87,7 @@ where
         }
         len += data.len();
         if len > max {
-            return Err(GatewayError::BodyTooLarge(max));
+            return Err(Collect::TooLarge);
         }
         acc = match acc {
             Acc::Empty => Acc::One(data),
@@ -285,7 +298,9 @@ mod tests {
         ));
     }
 
-    fn frames(parts: &[&'static [u8]]) -> impl http_body::Body<Data = Bytes> + Unpin {
+    fn frames(
+        parts: &[&'static [u8]],
+    ) -> impl http_body::Body<Data = Bytes, Error = std::convert::Infallible> + Unpin {
         let frames: Vec<Result<_, std::convert::Infallible>> = parts
             .iter()
             .map(|p| Ok(http_body::Frame::data(Bytes::from_static(p))))
@@ -314,7 +329,7 @@ mod tests {
         assert_eq!(&got[..], one);
         assert!(matches!(
             collect(frames(&[b"{\"mo", b"del\":\"m\"}"]), None, 12).await,
-            Err(GatewayError::BodyTooLarge(12))
+            Err(Collect::TooLarge)
         ));
         assert_eq!(
             collect(frames(&[]), Some(0), 10).await.ok(),
