@@ -580,15 +580,7 @@ async fn without_a_database_the_journal_records_and_answers() {
         "30 request lines in the journal, got {}",
         lines()
     );
-    let page: Value = client()
-        .get(format!("http://{addr}/admin/audit/requests?limit=5"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let (_, page) = admin_get(&addr, "/admin/audit/requests?limit=5", ADMIN).await;
     assert_eq!(page["data"].as_array().map(Vec::len), Some(5));
     assert_eq!(page["has_more"], true);
     // Walking the cursor visits every request once, newest first.
@@ -598,15 +590,7 @@ async fn without_a_database_the_journal_records_and_answers() {
         let q = after
             .as_ref()
             .map_or(String::new(), |a| format!("&after={a}"));
-        let page: Value = client()
-            .get(format!("http://{addr}/admin/audit/requests?limit=7{q}"))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+        let (_, page) = admin_get(&addr, &format!("/admin/audit/requests?limit=7{q}"), ADMIN).await;
         for r in page["data"].as_array().expect("data") {
             if let Some(id) = r["request_id"].as_str().filter(|i| i.starts_with("j-")) {
                 seen.push((
