@@ -9,7 +9,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::{filter_fn, FilterExt};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -105,13 +105,15 @@ pub fn init(
         }
         None => (None, None),
     };
-    let _ = tracing_subscriber::registry()
-        .with(
-            fmt.with_filter(filter())
-                .with_filter(filter_fn(never_secret)),
-        )
-        .with(otel_layer)
-        .try_init();
+    // Every layer carries its own filter, and an absent OpenTelemetry layer is left out
+    // (an empty `Option` layer counts as interested in everything): otherwise every request
+    // would build spans that no layer records.
+    let registry =
+        tracing_subscriber::registry().with(fmt.with_filter(filter().and(filter_fn(never_secret))));
+    let _ = match otel_layer {
+        Some(otel) => registry.with(otel).try_init(),
+        None => registry.try_init(),
+    };
     Ok(Telemetry { provider })
 }
 

@@ -42,6 +42,45 @@ async fn chat_ok(c: &reqwest::Client, addr: &str) -> bool {
     }
 }
 
+/// One chat request on an open HTTP/1.1 keep-alive connection: the status, once the whole
+/// answer (Content-Length) is read. A pooled client may open a new connection when the
+/// previous one is not back in its pool yet; this one never does.
+async fn chat_on(sock: &mut TcpStream) -> u16 {
+    let body = chat("m", false).to_string();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if sock.write_all(head.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let headers = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let status = headers
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let len: usize = headers
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return status;
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(10), sock.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return 0,
+        }
+    }
+}
+
 /// Read until EOF, error or `within`; true when the peer closed the socket in time.
 async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     let mut buf = [0u8; 4096];
@@ -66,8 +105,8 @@ async fn silent_sockets_and_half_prefaces_are_closed_while_real_requests_are_ser
             ("HEADER_READ_TIMEOUT", "1000".into()),
         ],
     );
-    let c = client();
-    assert!(chat_ok(&c, &addr).await, "warm-up");
+    let mut real = TcpStream::connect(&addr).await.expect("connect");
+    assert_eq!(chat_on(&mut real).await, 200, "warm-up");
     let rss_before = status_kib(child.pid(), "VmRSS");
     let mut flood = Vec::new();
     for i in 0..1100 {
@@ -84,9 +123,13 @@ async fn silent_sockets_and_half_prefaces_are_closed_while_real_requests_are_ser
         "{} flood sockets connected",
         flood.len()
     );
-    // Real traffic on the client's pooled connection carries on meanwhile.
+    // Real traffic on the client's open connection carries on meanwhile.
     for _ in 0..20 {
-        assert!(chat_ok(&c, &addr).await, "real request during the flood");
+        assert_eq!(
+            chat_on(&mut real).await,
+            200,
+            "real request during the flood"
+        );
     }
     let started = Instant::now();
     let mut still_open = 0;
@@ -612,4 +655,63 @@ async fn idle_keepalive_connections_outlive_the_header_timeout_but_slow_heads_do
         started.elapsed()
     );
     app.shutdown().await;
+}
+
+/// At `LOG_LEVEL=warn` the lines a request logs still carry its request id (its span is
+/// built whatever the level) and nothing below the level is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warnings_at_log_level_warn_carry_the_request_id() {
+    let failing = sim(&["m"]).await;
+    let good = sim(&["m"]).await;
+    failing.set_fault(llmmux::sim::Fault::Status(503));
+    let (child, addr) = serve(
+        llmmux(),
+        &[
+            (
+                "BACKENDS",
+                format!("m:{},m:{}", failing.addr(), good.addr()),
+            ),
+            ("API_KEYS", KEY.into()),
+            // Warnings, plus the start-up line that says where it listens.
+            ("LOG_LEVEL", "warn,llmmux::app=info".into()),
+        ],
+    );
+    let c = client();
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let rid = format!("warn-line-{i}");
+        let r = c
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .bearer_auth(KEY)
+            .header("x-request-id", &rid)
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 200);
+        ids.push(rid);
+    }
+    assert!(failing.stats().inference_requests >= 1, "an attempt failed");
+    let mut lines = Vec::new();
+    let found = eventually(Duration::from_secs(5), || {
+        lines.extend(child.drain_lines());
+        let hit = lines.iter().any(|l| l.contains("upstream attempt failed"));
+        async move { hit }
+    })
+    .await;
+    assert!(found, "a warning for the failed attempt: {lines:?}");
+    for l in lines
+        .iter()
+        .filter(|l| l.contains("upstream attempt failed"))
+    {
+        assert!(
+            ids.iter().any(|id| l.contains(id.as_str())),
+            "no request id in {l}"
+        );
+        assert!(l.contains("\"name\":\"request\""), "no request span in {l}");
+    }
+    assert!(
+        !lines.iter().any(|l| l.contains("\"level\":\"INFO\"")),
+        "info lines (access log) at LOG_LEVEL=warn: {lines:?}"
+    );
 }

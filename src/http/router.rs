@@ -214,7 +214,9 @@ pub async fn handle(
 ) -> Response<Body> {
     let rid = request_id::from_client(req.headers().get("x-request-id"));
     let empty = tracing::field::Empty;
-    let span = tracing::info_span!(
+    // At error level, so the span exists whatever LOG_LEVEL is: every line logged while the
+    // request runs (a warning about an attempt, say) carries its request id.
+    let span = tracing::error_span!(
         "request",
         request_id = %rid,
         method = %req.method(),

@@ -548,7 +548,8 @@ impl Call<'_> {
                 r.attempts = attempt;
                 r.backend = Some(backend.id.clone());
             });
-            let span = tracing::info_span!("attempt", attempt, backend = %backend.id);
+            // Error level like the request span: its lines carry the attempt and server.
+            let span = tracing::error_span!("attempt", attempt, backend = %backend.id);
             match self.try_once(guard).instrument(span).await {
                 Ok(started) => return Ok(started),
                 Err(e) => {
