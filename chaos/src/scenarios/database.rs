@@ -2,8 +2,8 @@
 //! instance this scenario starts (never the machine's server).
 //!
 //! Covered: the identity store (database API keys cached in the gateway, unknown keys,
-//! recovery). Not covered yet: audit records landing after the outage; the audit writer
-//! is not in the gateway yet (see the README's Chaos section).
+//! recovery) and the audit log (every chat request sent before, during and after the
+//! outage is in it afterwards, counted through `/admin/usage`).
 
 use std::time::{Duration, Instant};
 

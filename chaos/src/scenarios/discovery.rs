@@ -22,8 +22,8 @@ fn load(gw: &Gateway, model: &str) -> Load {
 /// model list or lists it again (discovered every 200 ms), for 30 s (short: 4 s).
 ///
 /// Pass: 0 errors for `m` (a request that reaches A after it dropped `m` gets a 404
-/// model-not-found and is retried on B); 0 errors for `y`, the other model on the
-/// changing server.
+/// model-not-found and is retried on B); no 5xx (HTTP or stream error event) for `y`, the
+/// other model on the changing server.
 /// Figure: the number of flips.
 pub async fn churn(ctx: &Ctx) -> Result<Row> {
     let mut row = Row::new("discovery-churn", "model m appears/disappears on a server");
