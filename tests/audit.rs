@@ -431,6 +431,13 @@ async fn admins_query_requests_activity_and_usage_with_filters_and_paging() {
         .await
         .expect("refused drain");
     assert_eq!(r.status(), 403);
+    let r = c
+        .post(format!("http://{addr}/admin/backends/{id}/drain"))
+        .bearer_auth("sk-not-a-key-of-this-gateway")
+        .send()
+        .await
+        .expect("unknown key drain");
+    assert_eq!(r.status(), 401);
     let extra = fast_sim().await;
     let r = c
         .post(format!("http://{addr}/admin/backends"))
@@ -508,13 +515,13 @@ async fn admins_query_requests_activity_and_usage_with_filters_and_paging() {
         async move {
             let (_, acts) =
                 admin_get(&addr, "/admin/audit/activity?action=backend_drain", ADMIN).await;
-            acts["data"].as_array().is_some_and(|d| d.len() == 2)
+            acts["data"].as_array().is_some_and(|d| d.len() == 3)
         }
     })
     .await;
     assert!(
         found,
-        "the drain and the refused one are in the activity log"
+        "the drain and the two refused ones are in the activity log"
     );
     let (_, acts) = admin_get(&addr, "/admin/audit/activity?action=backend_drain", ADMIN).await;
     let drain = acts["data"]
@@ -527,9 +534,20 @@ async fn admins_query_requests_activity_and_usage_with_filters_and_paging() {
     assert_eq!(drain["outcome"], "success");
     let denied = acts["data"]
         .as_array()
-        .and_then(|d| d.iter().find(|a| a["outcome"] == "denied"))
+        .and_then(|d| {
+            d.iter()
+                .find(|a| a["outcome"] == "denied" && !a["actor_key_id"].is_null())
+        })
         .cloned()
-        .expect("a denied drain");
+        .expect("a denied drain by a known key");
+    assert!(
+        acts["data"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|a| a["outcome"] == "denied"
+                && a["actor_key_id"].is_null()
+                && a["detail"]["status"] == 401)),
+        "the unknown key's attempt is recorded: {acts}"
+    );
     assert_eq!(denied["actor_key_id"], "static:0");
     assert_eq!(denied["target"], format!("backend:{id}"));
     let (_, adds) = admin_get(&addr, "/admin/audit/activity?action=backend_add", ADMIN).await;

@@ -168,7 +168,10 @@ impl<R: Send + Sync + 'static> AuditQueue<R> {
 }
 
 pub enum AuditMsg {
-    /// Write what is queued (timer, or a full batch).
+    /// The flush timer: write what is queued, replay, upkeep; the only message that re-arms
+    /// the timer, so exactly one timer runs.
+    Tick,
+    /// A full batch is waiting: write what is queued now (never re-arms the timer).
     Drain,
     /// Write everything queued now, to the store or else the spool; reply when done.
     Flush(RpcReplyPort<()>),
@@ -233,7 +236,7 @@ impl<P: AuditPort> Actor for AuditWriter<P> {
                 "audit spool holds records; replaying"
             );
         }
-        myself.send_after(args.cfg.flush_interval, || AuditMsg::Drain);
+        myself.send_after(args.cfg.flush_interval, || AuditMsg::Tick);
         let now = Instant::now();
         Ok(WriterState {
             port: args.port,
@@ -254,7 +257,7 @@ impl<P: AuditPort> Actor for AuditWriter<P> {
         st: &mut WriterState<P>,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            AuditMsg::Drain => {
+            AuditMsg::Tick => {
                 st.drain().await;
                 st.replay().await;
                 if Instant::now() >= st.maintain_at {
@@ -262,12 +265,15 @@ impl<P: AuditPort> Actor for AuditWriter<P> {
                     st.port.maintain().await;
                 }
                 st.publish();
-                // A full batch casts Drain as well; only the timer re-arms itself.
-                if !st.queue.has_pending() {
-                    myself.send_after(st.cfg.flush_interval, || AuditMsg::Drain);
+                if st.queue.has_pending() {
+                    let _ = myself.cast(AuditMsg::Tick);
                 } else {
-                    let _ = myself.cast(AuditMsg::Drain);
+                    myself.send_after(st.cfg.flush_interval, || AuditMsg::Tick);
                 }
+            }
+            AuditMsg::Drain => {
+                st.drain().await;
+                st.publish();
             }
             AuditMsg::Flush(reply) => {
                 st.drain().await;

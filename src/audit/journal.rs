@@ -67,7 +67,9 @@ impl Journal {
             return Err(std::io::Error::other("journal not open"));
         };
         if let Err(e) = file.write_all(&buf).and_then(|()| file.sync_data()) {
-            // Reopen next time: the file may end in a partial line.
+            // Cut a partial line off (the next batch must start on a line of its own), and
+            // reopen next time.
+            let _ = file.set_len(*len);
             *slot = None;
             return Err(e);
         }

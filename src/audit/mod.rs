@@ -176,8 +176,6 @@ pub struct Audit {
     handle: AuditHandle<AuditRecord>,
     storage: Arc<Storage>,
     cfg: WriterConfig,
-    /// `Some(limit)` when bodies are recorded (`AUDIT_BODIES=true`).
-    bodies: Option<usize>,
 }
 
 impl Audit {
@@ -213,7 +211,6 @@ impl Audit {
                 replay_backoff: (Duration::from_millis(250), Duration::from_secs(5)),
                 maintain_every: Duration::from_secs(3600),
             },
-            bodies: s.bodies.then_some(s.body_max_bytes),
         })
     }
 
@@ -257,11 +254,6 @@ impl Audit {
     /// False while new requests must be refused (`AUDIT_ON_FULL=reject`, spool full).
     pub fn accepting(&self) -> bool {
         self.handle.accepting()
-    }
-
-    /// How many bytes of each body to record, when bodies are recorded.
-    pub fn bodies(&self) -> Option<usize> {
-        self.bodies
     }
 
     /// Writes everything queued (shutdown).

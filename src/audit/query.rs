@@ -191,7 +191,7 @@ pub fn parse_usage(query: Option<&str>, now_us: i64) -> Result<UsageQuery, Query
     }
     let until_us = until.unwrap_or(now_us);
     // Thirty days by default, like most usage dashboards.
-    let since_us = since.unwrap_or(until_us - 30 * 86_400 * 1_000_000);
+    let since_us = since.unwrap_or(until_us.saturating_sub(30 * 86_400 * 1_000_000));
     if since_us > until_us {
         return Err(invalid("since", "since must not be after until"));
     }

@@ -25,13 +25,6 @@ pub enum AuditRecord {
 }
 
 impl AuditRecord {
-    pub fn id(&self) -> Uuid {
-        match self {
-            AuditRecord::Request(r) => r.id,
-            AuditRecord::Activity(a) => a.id,
-        }
-    }
-
     pub fn ts_us(&self) -> i64 {
         match self {
             AuditRecord::Request(r) => r.ts_us,

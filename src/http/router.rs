@@ -309,10 +309,19 @@ async fn dispatch(
     let id = id.as_deref().unwrap_or("");
     let action = admin_action(def.route, &method);
     let auth = state.auth.load();
-    let caller = auth
+    // A refused credential (unknown, expired, revoked) fails in `identify` with no caller;
+    // a known one without the right role fails in `permit` with its caller.
+    let (caller, permitted) = match auth
         .identify(state.identity.as_ref(), def.access, req.headers())
-        .await?;
-    let principal = match auth.permit(state.identity.as_ref(), def.access, caller.clone()) {
+        .await
+    {
+        Ok(caller) => (
+            caller.clone(),
+            auth.permit(state.identity.as_ref(), def.access, caller),
+        ),
+        Err(e) => (None, Err(e)),
+    };
+    let principal = match permitted {
         Ok(p) => Arc::new(p),
         Err(e) => {
             // A refused attempt at an admin change is part of the activity log too.

@@ -602,8 +602,11 @@ impl Call<'_> {
         let stream = self.p.stream;
         let work = async {
             let resp = send.await.map_err(|e| classify(&e))?;
-            backend.progressed();
             let status = resp.status();
+            // Only an answer that is not a server error shows the server alive and working.
+            if !status.is_server_error() {
+                backend.progressed();
+            }
             if matches!(status.as_u16(), 502..=504) {
                 return Err(AttemptError::Unavailable(
                     status,
