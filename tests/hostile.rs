@@ -719,3 +719,67 @@ async fn warnings_at_log_level_warn_carry_the_request_id() {
         "access-log lines (info) at LOG_LEVEL=warn: {lines:?}"
     );
 }
+
+/// The protocol is told from the first bytes wherever the packets split: HTTP/2 with prior
+/// knowledge, HTTP/1.1 in one write, and HTTP/1.1 whose first byte comes alone (too short
+/// to tell `POST` from the HTTP/2 preface) or byte by byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocols_are_told_apart_however_the_first_bytes_arrive() {
+    let s = sim(&["m"]).await;
+    let app = gateway(&[("BACKENDS", backends("m", &[&s]))]).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    for stream in [false, true] {
+        let r = h2
+            .post(url(&app, "/v1/chat/completions"))
+            .bearer_auth(KEY)
+            .json(&chat("m", stream))
+            .send()
+            .await
+            .expect("HTTP/2 request");
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), 200);
+        let body = r.text().await.expect("HTTP/2 body");
+        assert!(body.contains("chat.completion"), "{body}");
+    }
+    let body = chat("m", false).to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    for split in [None, Some(1), Some(2), Some(3)] {
+        let mut sock = TcpStream::connect(app.addr).await.expect("connect");
+        sock.set_nodelay(true).expect("nodelay");
+        match split {
+            None => sock.write_all(request.as_bytes()).await.expect("write"),
+            // The first `n` bytes alone, then the rest: the gateway may peek at a prefix.
+            Some(n) => {
+                sock.write_all(&request.as_bytes()[..n])
+                    .await
+                    .expect("write");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                sock.write_all(&request.as_bytes()[n..])
+                    .await
+                    .expect("write");
+            }
+        }
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut out))
+            .await
+            .expect("answered")
+            .expect("read");
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            out.starts_with("HTTP/1.1 200"),
+            "split {split:?}: {}",
+            out.lines().next().unwrap_or("")
+        );
+        assert!(out.contains("chat.completion"), "split {split:?}: {out}");
+    }
+    // Bytes that are neither: HTTP/1.1's own answer, not a hang.
+    let out = raw(&app, "PRX / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 4"), "{out}");
+}

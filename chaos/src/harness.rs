@@ -449,6 +449,10 @@ impl Gateway {
     pub fn proc(&self) -> ProcStats {
         ProcStats::of(self.pid)
     }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
 }
 
 /// Memory, threads and descriptors of a process, from /proc.

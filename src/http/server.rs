@@ -72,7 +72,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: Cancellati
         .keep_alive_interval(cfg.http2_keepalive_interval)
         .keep_alive_timeout(cfg.http2_keepalive_timeout)
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
+    let builders = Arc::new(Builders::new(builder));
     let limits = ConnLimits {
         first_request: cfg.header_read_timeout,
         between_requests: cfg.keepalive_timeout,
@@ -103,10 +103,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: Cancellati
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (state, builder, stop) = (state.clone(), builder.clone(), stop.clone());
+        let (state, builders, stop) = (state.clone(), builders.clone(), stop.clone());
         tracker.spawn(async move {
             state.front.open.fetch_add(1, Ordering::Relaxed);
-            connection(stream, peer, state.clone(), builder, limits, stop).await;
+            connection(stream, peer, state.clone(), builders, limits, stop).await;
             state.front.open.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
         });
@@ -116,14 +116,82 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: Cancellati
     tracker.wait().await;
 }
 
+/// The connection builders: one per protocol, and one that reads the protocol itself.
+struct Builders {
+    http1: Builder<TokioExecutor>,
+    http2: Builder<TokioExecutor>,
+    either: Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(either: Builder<TokioExecutor>) -> Self {
+        Self {
+            http1: either.clone().http1_only(),
+            http2: either.clone().http2_only(),
+            either,
+        }
+    }
+
+    /// The builder for a connection whose first bytes are `first` (peeked, still unread).
+    /// hyper-util's own detection reads the first bytes and hands them back on hyper's first
+    /// read alone: hyper's 8 KiB read buffer then holds a few bytes when the rest of the head
+    /// arrives and doubles to 16 KiB for the connection's whole life. Choosing from peeked
+    /// bytes lets hyper read the head in one go. Only a prefix too short to tell (one `P`)
+    /// goes to the detecting builder.
+    fn for_first_bytes(&self, first: &[u8]) -> &Builder<TokioExecutor> {
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let n = first.len().min(PREFACE.len());
+        if first[..n] != PREFACE[..n] {
+            &self.http1
+        } else if n >= 2 {
+            // No HTTP/1 method starts with `PR`: `PRI` is reserved for this preface.
+            &self.http2
+        } else {
+            &self.either
+        }
+    }
+}
+
+/// What a new connection sent first.
+enum FirstBytes {
+    /// Peeked, still unread: `(bytes, how many)`.
+    Came([u8; 24], usize),
+    /// Nothing within `HEADER_READ_TIMEOUT`.
+    Silent,
+    /// Closed, failed, or the gateway is stopping.
+    Gone,
+}
+
+/// Waits for the connection's first bytes and peeks at them (they stay in the socket).
+async fn peek_first(stream: &TcpStream, wait: Duration) -> FirstBytes {
+    let mut first = [0u8; 24];
+    match tokio::time::timeout(wait, stream.peek(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => FirstBytes::Came(first, n),
+        Ok(_) => FirstBytes::Gone,
+        Err(_) => FirstBytes::Silent,
+    }
+}
+
 async fn connection(
     stream: TcpStream,
     peer: std::net::SocketAddr,
     state: Arc<AppState>,
-    builder: Arc<Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     limits: ConnLimits,
     stop: CancellationToken,
 ) {
+    let first = tokio::select! {
+        f = peek_first(&stream, limits.first_request) => f,
+        _ = stop.cancelled() => FirstBytes::Gone,
+    };
+    let builder = match first {
+        FirstBytes::Came(bytes, n) => builders.for_first_bytes(&bytes[..n]),
+        FirstBytes::Silent => {
+            state.front.idle_closed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        FirstBytes::Gone => return,
+    };
     let activity = ConnActivity::new();
     let io = TokioIo::new(SendTimeout::new(
         stream,
