@@ -229,8 +229,26 @@ async fn reload_on_sighup(
         };
         while hup.recv().await.is_some() {
             info!("SIGHUP: reloading the configuration");
-            if let Err(e) = crate::reload::reload(&state).await {
+            let result = crate::reload::reload(&state).await;
+            if let Err(e) = &result {
                 warn!(error = %e, "reload refused; the old configuration keeps serving");
+            }
+            // Recorded like `POST /admin/reload`: a signal is an operator's action too.
+            if let Some(audit) = &state.audit {
+                let (outcome, detail) = match &result {
+                    Ok(report) => (
+                        "success",
+                        serde_json::json!({"trigger": "SIGHUP", "result": report.to_json()}),
+                    ),
+                    Err(e) => (
+                        "failure",
+                        serde_json::json!({"trigger": "SIGHUP", "error": e.to_string()}),
+                    ),
+                };
+                audit.activity(
+                    crate::audit::record::ActivityEntry::new("config_reload", outcome)
+                        .detail(detail),
+                );
             }
         }
     }

@@ -378,7 +378,13 @@ async fn sighup_rereads_the_yaml_file() {
     std::fs::write(&file, format!("backends: [\"m:{}\"]\n", a.addr())).expect("write");
     let mut cmd = llmmux();
     cmd.args(["--config", &file.display().to_string()]);
-    let (child, addr) = serve(cmd, &[("API_KEYS", KEY.into())]);
+    let (child, addr) = serve(
+        cmd,
+        &[
+            ("API_KEYS", KEY.into()),
+            ("ADMIN_API_KEYS", "sk-admin".into()),
+        ],
+    );
     std::fs::write(
         &file,
         format!("backends: [\"m:{}\", \"n:{}\"]\n", a.addr(), b.addr()),
@@ -398,6 +404,26 @@ async fn sighup_rereads_the_yaml_file() {
     })
     .await;
     assert!(served, "the model of the server added by SIGHUP is served");
+    // The reload is in the activity log, as one through the admin route would be.
+    let recorded = eventually(Duration::from_secs(5), || async {
+        let Ok(r) = c
+            .get(format!(
+                "http://{addr}/admin/audit/activity?action=config_reload"
+            ))
+            .bearer_auth("sk-admin")
+            .send()
+            .await
+        else {
+            return false;
+        };
+        let v: serde_json::Value = r.json().await.unwrap_or_default();
+        v["data"].as_array().is_some_and(|d| {
+            d.iter()
+                .any(|e| e["outcome"] == "success" && e["detail"]["trigger"] == "SIGHUP")
+        })
+    })
+    .await;
+    assert!(recorded, "SIGHUP reload recorded as config_reload");
     assert_eq!(child.stop(), Some(0));
 }
 
