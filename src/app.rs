@@ -178,18 +178,21 @@ impl App {
         };
         let identity = match &cfg.database_url {
             Some(url) => {
-                match crate::storage::migrate(url.expose()).await {
-                    Ok(applied) if !applied.is_empty() => {
-                        info!(migrations = ?applied, "database migrated");
+                let schema_pending = match crate::storage::migrate(url.expose()).await {
+                    Ok(applied) => {
+                        if !applied.is_empty() {
+                            info!(migrations = ?applied, "database migrated");
+                        }
+                        false
                     }
-                    Ok(_) => {}
                     // Down now: the identity service migrates once it is back.
                     Err(e) if e.is_unavailable() => {
                         warn!(error = %e, "database unavailable at start; migrations wait for it");
+                        true
                     }
                     Err(e) => return Err(AppError::Migrate(e)),
-                }
-                crate::identity::Identity::from_config(&cfg, activity).await?
+                };
+                crate::identity::Identity::from_config(&cfg, activity, schema_pending).await?
             }
             None => None,
         };

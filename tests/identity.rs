@@ -1348,3 +1348,30 @@ async fn activity_is_reported_without_secrets() {
         assert!(!all.contains(secret), "an event carries a secret");
     }
 }
+
+/// A start whose start-up migration could not run (the database was down then) migrates
+/// before it reads anything, even when the database is back by the time the service
+/// starts, with no schema or an older one: the first admin is created after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_with_the_schema_pending_migrates_before_anything_else() {
+    let db = TestDb::create().await;
+    let events = Events::default();
+    let sink = events.clone();
+    let mut s = settings(&db.url(), &[]);
+    s.schema_pending = true;
+    let id = Identity::start(s, Arc::new(move |e| sink.lock().expect("events").push(e)))
+        .await
+        .expect("starts on a database without the schema");
+    let ready = eventually(Duration::from_secs(10), || async {
+        id.login(
+            ip(),
+            b(json!({"username": "superadmin", "password": ADMIN_PW})),
+        )
+        .await
+        .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    assert!(ready, "the first admin can log in once the schema is there");
+    let pending = storage::migrate(&db.url()).await.expect("migrate");
+    assert!(pending.is_empty(), "migrations left: {pending:?}");
+}

@@ -300,12 +300,18 @@ pub struct Identity {
 impl Identity {
     /// The service for this configuration, or `None` without `DATABASE_URL`. The schema
     /// must be migrated first ([`crate::storage::migrate`]).
+    /// `schema_pending`: the start-up migration could not run (see
+    /// [`IdentitySettings::schema_pending`]).
     pub async fn from_config(
         cfg: &Config,
         activity: ActivityHook,
+        schema_pending: bool,
     ) -> Result<Option<Identity>, StartError> {
         match IdentitySettings::from_config(cfg) {
-            Some(s) => Ok(Some(Identity::start(s, activity).await?)),
+            Some(mut s) => {
+                s.schema_pending = schema_pending;
+                Ok(Some(Identity::start(s, activity).await?))
+            }
             None => Ok(None),
         }
     }
@@ -347,8 +353,10 @@ impl Identity {
         // A database that is down now must not keep the gateway from starting: static
         // keys work without it, and the schema and the first SUPER_ADMIN are set up in the
         // background as soon as it is back.
-        let mut deferred = false;
-        if let Some(password) = &settings.admin_password {
+        // With the schema pending nothing is read from a database that may be behind this
+        // build: the background task migrates first.
+        let mut deferred = settings.schema_pending;
+        if let (false, Some(password)) = (deferred, &settings.admin_password) {
             match bootstrap::ensure_initial_admin(
                 &db,
                 &passwords,
@@ -364,9 +372,8 @@ impl Identity {
             }
         }
         if !deferred {
-            // Any failure here (down, or back just now without the schema the start-up
-            // migration could not apply) leaves it to the background task, which migrates
-            // first.
+            // Any failure here (down again, say) leaves it to the background task, which
+            // migrates first.
             if let Err(e) = listen::reload(&db, &cache, session_ttl).await {
                 deferred = true;
                 tracing::warn!(error = %e, "identity cache not loaded yet; retrying in the background");

@@ -155,6 +155,11 @@ pub struct IdentitySettings {
     pub login_lockout_base: Duration,
     pub login_lockout_max: Duration,
     pub password_hash_concurrency: usize,
+    /// The start-up migration could not run (the database was down): whatever the
+    /// database answers by the time the service starts, the background task migrates
+    /// before anything else, so a database that comes back in between with an older
+    /// schema is never used as it is.
+    pub schema_pending: bool,
 }
 
 impl IdentitySettings {
@@ -176,6 +181,7 @@ impl IdentitySettings {
             login_lockout_base: c.login_lockout_base,
             login_lockout_max: c.login_lockout_max,
             password_hash_concurrency: c.password_hash_concurrency,
+            schema_pending: false,
         })
     }
 }

@@ -33,6 +33,7 @@ pub async fn sim_with(models: &[&str], f: impl FnOnce(&mut SimConfig)) -> SimHan
 
 /// A new empty directory under the system's temporary directory.
 pub fn scratch_dir(what: &str) -> std::path::PathBuf {
+    reap_scratch_dirs_of_exited_tests();
     let dir = std::env::temp_dir().join(format!(
         "llmmux-test-{what}-{}-{}",
         std::process::id(),
@@ -40,6 +41,34 @@ pub fn scratch_dir(what: &str) -> std::path::PathBuf {
     ));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
+}
+
+/// Removes the scratch directories of test processes that have exited. A test cannot remove
+/// its own: the gateway processes it starts write there until the test ends, and a restarted
+/// process reads what the previous one left. So each test process, on its first scratch
+/// directory, removes those whose process (the pid in the name) is gone.
+fn reap_scratch_dirs_of_exited_tests() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Liveness is read from /proc; without it nothing is known to have exited.
+        if !std::path::Path::new("/proc/self").exists() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("llmmux-test-")) else {
+                continue;
+            };
+            // `{what}-{pid}-{uuid}`
+            let pid = rest.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    });
 }
 
 /// Test defaults: short intervals and timeouts so faults resolve in well under a second.
