@@ -180,6 +180,9 @@ async fn connection(
     limits: ConnLimits,
     stop: CancellationToken,
 ) {
+    // Made first: the head's deadline counts from the accept, the wait for the first
+    // bytes included.
+    let activity = ConnActivity::new();
     let first = tokio::select! {
         f = peek_first(&stream, limits.first_request) => f,
         _ = stop.cancelled() => FirstBytes::Gone,
@@ -192,7 +195,6 @@ async fn connection(
         }
         FirstBytes::Gone => return,
     };
-    let activity = ConnActivity::new();
     let io = TokioIo::new(SendTimeout::new(
         stream,
         limits.send_timeout,
