@@ -7,7 +7,7 @@
 //! and a torn last line is skipped on replay. The replay cursor lives in memory; a crash
 //! mid-replay replays the segment again, which the store's `(id, ts)` key makes harmless.
 //! The directory's total size is capped: an append that would pass the cap fails with
-//! [`SpoolError::Full`].
+//! [`SpoolError::Full`], unless the spool is empty (one batch larger than the cap is kept).
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -136,7 +136,10 @@ impl Spool {
         }
         let len = buf.len() as u64;
         let mut st = self.lock();
-        if st.total + len > self.max_bytes {
+        // An empty spool takes any one batch: one larger than the cap could otherwise never
+        // be spooled, and with `AUDIT_ON_FULL=reject` nothing would be served until the
+        // store is back. The cap is passed by at most that batch.
+        if st.total > 0 && st.total + len > self.max_bytes {
             return Err(SpoolError::Full);
         }
         let io = |e: std::io::Error| SpoolError::Io(e.kind().to_string());
@@ -327,6 +330,19 @@ mod tests {
         assert!(appended > 0 && s.bytes() <= 4_000);
         assert_eq!(drain(&s).len(), appended);
         s.append_blocking(&recs(5))
+            .expect("room again after replay");
+    }
+
+    #[test]
+    fn an_empty_spool_takes_one_batch_larger_than_the_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Spool::open(dir.path(), 1_000).expect("open");
+        let big = recs(50);
+        s.append_blocking(&big).expect("an empty spool takes it");
+        assert!(s.bytes() > 1_000);
+        assert!(matches!(s.append_blocking(&recs(1)), Err(SpoolError::Full)));
+        assert_eq!(drain(&s), big);
+        s.append_blocking(&recs(1))
             .expect("room again after replay");
     }
 
