@@ -257,10 +257,8 @@ impl<P: AuditPort> Actor for AuditWriter<P> {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             AuditMsg::Tick => {
-                // Replay first: it frees spool room (or ends spooling) before new batches
-                // need it, so a full spool in `drop` mode drops nothing it could have kept.
-                st.replay().await;
                 st.drain().await;
+                st.replay().await;
                 if Instant::now() >= st.maintain_at {
                     st.maintain_at = Instant::now() + st.cfg.maintain_every;
                     st.port.maintain().await;
@@ -518,13 +516,6 @@ mod tests {
     }
 
     async fn start(port: Arc<Mem>, on_full: OnFull) -> (ActorRef<AuditMsg>, Arc<AuditQueue<u64>>) {
-        start_with(port, cfg(on_full)).await
-    }
-
-    async fn start_with(
-        port: Arc<Mem>,
-        cfg: WriterConfig,
-    ) -> (ActorRef<AuditMsg>, Arc<AuditQueue<u64>>) {
         let queue = AuditQueue::new(100_000, 50);
         let (a, _) = Actor::spawn(
             None,
@@ -532,7 +523,7 @@ mod tests {
             AuditArgs {
                 port,
                 queue: queue.clone(),
-                cfg,
+                cfg: cfg(on_full),
             },
         )
         .await
@@ -665,34 +656,5 @@ mod tests {
         let h = AuditHandle { queue: q.clone() };
         assert!(h.flush(Duration::from_secs(10)).await);
         assert_eq!(port.stored.lock().expect("lock").len(), 10_000);
-    }
-
-    /// A full spool in `drop` mode, the store back and replay due: the round replays before
-    /// it places new records, so they are stored instead of dropped for want of room.
-    /// (Single-threaded: the writer's next round sees the store back and the new records
-    /// together.)
-    #[tokio::test]
-    async fn a_full_spool_is_replayed_before_new_records_need_room() {
-        let port = Arc::new(Mem {
-            spool_cap: 100,
-            down: AtomicBool::new(true),
-            ..Default::default()
-        });
-        let mut c = cfg(OnFull::Drop);
-        c.replay_backoff = (Duration::ZERO, Duration::ZERO);
-        let (_a, q) = start_with(port.clone(), c).await;
-        for i in 0..100 {
-            q.push(i);
-        }
-        until(|| port.spool.lock().expect("lock").len() == 100).await;
-        port.down.store(false, Ordering::SeqCst);
-        // Fewer than a batch: only the timer's round handles them.
-        for i in 100..110 {
-            q.push(i);
-        }
-        until(|| port.stored.lock().expect("lock").len() == 110).await;
-        assert_eq!(q.stats.dropped.load(Ordering::Relaxed), 0);
-        let stored = port.stored.lock().expect("lock").clone();
-        assert_eq!(stored, (0..110).collect::<Vec<u64>>(), "in order");
     }
 }

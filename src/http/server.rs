@@ -136,15 +136,16 @@ impl Builders {
     /// hyper-util's own detection reads the first bytes and hands them back on hyper's first
     /// read alone: hyper's 8 KiB read buffer then holds a few bytes when the rest of the head
     /// arrives and doubles to 16 KiB for the connection's whole life. Choosing from peeked
-    /// bytes lets hyper read the head in one go. Only a prefix too short to tell (one `P`)
+    /// bytes lets hyper read the head in one go. Only a prefix too short to tell (`P`, `PR`)
     /// goes to the detecting builder.
     fn for_first_bytes(&self, first: &[u8]) -> &Builder<TokioExecutor> {
         const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
         let n = first.len().min(PREFACE.len());
         if first[..n] != PREFACE[..n] {
             &self.http1
-        } else if n >= 2 {
-            // No HTTP/1 method starts with `PR`: `PRI` is reserved for this preface.
+        } else if n >= 3 {
+            // `PRI` is no HTTP/1 method: it is reserved for this preface (`PR` alone could
+            // still be WebDAV's PROPFIND).
             &self.http2
         } else {
             &self.either

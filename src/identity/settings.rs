@@ -156,9 +156,8 @@ pub struct IdentitySettings {
     pub login_lockout_max: Duration,
     pub password_hash_concurrency: usize,
     /// The start-up migration could not run (the database was down): whatever the
-    /// database answers by the time the service starts, the background task migrates
-    /// before anything else, so a database that comes back in between with an older
-    /// schema is never used as it is.
+    /// database answers by the time the service starts, start-up reads nothing from it and
+    /// the background task migrates before it creates the first admin or loads the cache.
     pub schema_pending: bool,
 }
 
