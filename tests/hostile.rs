@@ -721,8 +721,8 @@ async fn warnings_at_log_level_warn_carry_the_request_id() {
 }
 
 /// The protocol is told from the first bytes wherever the packets split: HTTP/2 with prior
-/// knowledge, HTTP/1.1 in one write, and HTTP/1.1 whose first byte comes alone (too short
-/// to tell `POST` from the HTTP/2 preface) or byte by byte.
+/// knowledge, HTTP/1.1 in one write, and HTTP/1.1 whose first one, two or three bytes come
+/// alone (`P` and `PR` are too short to tell `POST` from the HTTP/2 preface).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocols_are_told_apart_however_the_first_bytes_arrive() {
     let s = sim(&["m"]).await;

@@ -1350,8 +1350,8 @@ async fn activity_is_reported_without_secrets() {
 }
 
 /// A start whose start-up migration could not run (the database was down then) migrates
-/// before it reads anything, even when the database is back by the time the service
-/// starts, with no schema or an older one: the first admin is created after that.
+/// before it reads anything, even when the database is back, without its schema, by the
+/// time the service starts: the first admin is created after that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_with_the_schema_pending_migrates_before_anything_else() {
     let db = TestDb::create().await;

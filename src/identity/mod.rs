@@ -298,10 +298,10 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// The service for this configuration, or `None` without `DATABASE_URL`. The schema
-    /// must be migrated first ([`crate::storage::migrate`]).
-    /// `schema_pending`: the start-up migration could not run (see
-    /// [`IdentitySettings::schema_pending`]).
+    /// The service for this configuration, or `None` without `DATABASE_URL`. The schema is
+    /// migrated first ([`crate::storage::migrate`]); `schema_pending` says that migration
+    /// could not run, and the service then migrates in the background before anything
+    /// else (see [`IdentitySettings::schema_pending`]).
     pub async fn from_config(
         cfg: &Config,
         activity: ActivityHook,

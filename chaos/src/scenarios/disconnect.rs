@@ -121,8 +121,8 @@ async fn one_wave(ctx: &Ctx, gw: &Gateway, n: usize) -> (usize, (u64, u64), Inst
 /// client connections and in-flight requests return to their baseline (±16 descriptors
 /// and ±2 threads for pools and timers); the RSS peaks of the second and third waves
 /// (sampled from the first connection to the end of the clean-up) do not exceed the
-/// first wave's peak by more than 5 %: the room fragmentation takes (a leak of 1 KiB per
-/// stream would add 3 % per wave) (the short form, 200 streams: 10 %).
+/// first wave's peak by more than 5 % (10 % in the short form, 200 streams). That is the
+/// room fragmentation takes; a leak of 1 KiB per stream adds 3 % per wave.
 /// Figure: time from the disconnect to the last upstream request closed.
 ///
 /// The gateway runs with glibc's `malloc.perturb`, which writes every allocation: RSS
