@@ -8,9 +8,14 @@
 #   audit-off  plain with AUDIT_ENABLED=false: the cost of the audit log (issue #10).
 #   governed   a database API key (looked up through the identity cache, with rate limits
 #              that are counted but never bind) and the audit log written to PostgreSQL.
+#   streams    the 10,000-stream scenario (issue #13): STREAMS_N (10000) concurrent slow
+#              streams (mockllm --delay-ms 400, 40 tokens: 16 s each) through direct, nginx
+#              and LLMMux plain, one target at a time; prints errors, TTFT p50/p99, stream
+#              time p50, peak RSS of the target's process tree and LLMMux's idle RSS.
 #
 # Usage (from the repository root; the shared bench's setup.sh must have run once):
-#   bash benches/compare.sh [plain] [audit-off] [governed]      (default: all three)
+#   bash benches/compare.sh [plain] [audit-off] [governed] [streams]
+#                                   (default: plain audit-off governed)
 # Environment:
 #   BENCH_DIR   the shared bench (default: ../shared/bench next to the checkout)
 #   QUICK=1     short runs (passed to run.sh); any other run.sh variable passes through
@@ -79,13 +84,75 @@ run_governed() {
   psql_admin "DROP DATABASE IF EXISTS $db WITH (FORCE)"
 }
 
+# One target at a time against one mock: RSS sampled every 100 ms over the target's process
+# tree (the shared bench's procmon), TTFT and errors from the shared loadgen.
+run_streams() {
+  local n="${STREAMS_N:-10000}" mockp=19300 port=19301 out="$WORK/streams"
+  mkdir -p "$out/nginx/nginx-tmp"
+  ulimit -n 1048576 2>/dev/null || ulimit -n 65536 || true
+  echo "== streams: $n concurrent streams of 40 tokens 400 ms apart (file limit $(ulimit -n))"
+  "$BENCH_DIR/mockllm/target/release/mockllm" --listen "127.0.0.1:$mockp" --models mock-model \
+    --tokens 40 --delay-ms 400 --threads 2 > "$out/mock.log" 2>&1 &
+  local mock=$!
+  sleep 0.5
+  local nginx_conf="$out/nginx/nginx.conf"
+  sed -e "s#@RUN@#$out/nginx#g; s/@PORT@/$port/g; s/@MOCK_PORT@/$mockp/g; s/@API_KEY@/sk-bench-key/g" \
+    -e "s/worker_connections [0-9]*/worker_connections 65536/" \
+    "$BENCH_DIR/conf/nginx.conf.tmpl" > "$nginx_conf"
+  printf '| target | ok | errors | TTFT p50 ms | TTFT p99 ms | stream p50 ms | peak RSS MiB | idle RSS MiB |\n'
+  printf '|---|---:|---:|---:|---:|---:|---:|---:|\n'
+  local target url pid idle
+  for target in ${STREAMS_TARGETS:-direct nginx llmmux}; do
+    pid="" idle="—" url="http://127.0.0.1:$port/v1/chat/completions"
+    case "$target" in
+      direct) url="http://127.0.0.1:$mockp/v1/chat/completions"; pid=$mock ;;
+      nginx) /usr/sbin/nginx -p "$out/nginx" -c "$nginx_conf" -e "$out/nginx/error.log" & pid=$! ;;
+      llmmux)
+        env HOST=127.0.0.1 PORT=$port BACKENDS=mock-model=http://127.0.0.1:$mockp LOG_LEVEL=warn \
+          MAX_IN_FLIGHT_PER_SERVER=0 MAX_IN_FLIGHT=1000000 MAX_CONNECTIONS=1000000 \
+          API_KEYS=sk-bench-key AUDIT_SPOOL_DIR="$out/spool" AUDIT_JOURNAL_PATH="$out/audit.jsonl" \
+          "$BIN" serve > "$out/llmmux.log" 2>&1 & pid=$! ;;
+    esac
+    for _ in $(seq 1 100); do curl -s -o /dev/null "${url%/v1/*}/v1/models" -H 'authorization: Bearer sk-bench-key' && break; sleep 0.1; done
+    curl -s -o /dev/null "$url" -H 'authorization: Bearer sk-bench-key' -H 'content-type: application/json' \
+      -d '{"model":"mock-model","messages":[{"role":"user","content":"hi"}],"max_tokens":1}'
+    if [[ "$target" == llmmux ]]; then
+      sleep 1
+      idle=$(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status")
+    fi
+    rm -f "$out/stop"
+    python3 "$BENCH_DIR/lib/procmon.py" sample --out "$out/rss-$target.json" --stop-file "$out/stop" \
+      --interval 0.1 --max-seconds 300 "$target=$pid" &
+    local mon=$!
+    "$BENCH_DIR/loadgen/target/release/loadgen" --url "$url" --stream --concurrency "$n" \
+      --requests "$n" --duration 120 --timeout 100 --max-tokens 40 --api-key sk-bench-key \
+      --threads 2 > "$out/load-$target.json" 2> "$out/load-$target.err" || true
+    touch "$out/stop"; wait "$mon" 2>/dev/null || true
+    python3 - "$target" "$out/load-$target.json" "$out/rss-$target.json" "$idle" <<'PY'
+import json, sys
+name, load, rss, idle = sys.argv[1:]
+try:
+    d = json.load(open(load))
+except Exception as e:
+    print(f"| {name} | loadgen failed ({e}) | | | | | | |"); sys.exit()
+peak = json.load(open(rss)).get(name, {}).get("peak_rss_kib", 0) / 1024
+print(f"| {name} | {d['ok']} | {d['errors']} {d.get('error_kinds') or ''} | {d['ttft_ms']['p50']:.1f} | "
+      f"{d['ttft_ms']['p99']:.1f} | {d['lat_ms']['p50']:.0f} | {peak:.1f} | {idle} |")
+PY
+    [[ "$target" != direct ]] && { kill "$pid"; wait "$pid" 2>/dev/null || true; }
+    sleep 2
+  done
+  kill "$mock"; wait "$mock" 2>/dev/null || true
+}
+
 for v in "${@:-plain audit-off governed}"; do
   for w in $v; do
     case "$w" in
       plain) run_plain ;;
       audit-off) run_audit_off ;;
       governed) run_governed ;;
-      *) echo "unknown configuration $w (plain, audit-off, governed)" >&2; exit 2 ;;
+      streams) run_streams ;;
+      *) echo "unknown configuration $w (plain, audit-off, governed, streams)" >&2; exit 2 ;;
     esac
   done
 done

@@ -206,7 +206,7 @@ fn operation(route: &str) -> &'static str {
 /// The attributes tracing and OpenTelemetry exporters read (fields declared by the router's
 /// request span; unknown fields are ignored by `tracing`).
 fn annotate(span: &tracing::Span, r: &RequestRecord) {
-    if span.is_disabled() {
+    if span.is_disabled() || !crate::telemetry::exporting_spans() {
         return;
     }
     let op = operation(r.route);

@@ -4,6 +4,7 @@
 //! set. Text logs are coloured only on a terminal and never when `NO_COLOR` is set.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -54,6 +55,16 @@ impl Telemetry {
             let _ = p.shutdown();
         }
     }
+}
+
+/// Set once a subscriber with the OpenTelemetry layer is installed.
+static EXPORTING_SPANS: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans leave the process. Only then does a request span carry its full set of
+/// attributes: log lines need just the request id (the access line has the rest), and
+/// formatting and recording the others was a fifth of a proxied request's instructions.
+pub fn exporting_spans() -> bool {
+    EXPORTING_SPANS.load(Ordering::Relaxed)
 }
 
 /// Whether an event may be logged whatever `LOG_LEVEL` asks for. tokio-postgres logs
@@ -110,10 +121,16 @@ pub fn init(
     // would build spans that no layer records.
     let registry =
         tracing_subscriber::registry().with(fmt.with_filter(filter().and(filter_fn(never_secret))));
-    let _ = match otel_layer {
-        Some(otel) => registry.with(otel).try_init(),
-        None => registry.try_init(),
-    };
+    match otel_layer {
+        Some(otel) => {
+            if registry.with(otel).try_init().is_ok() {
+                EXPORTING_SPANS.store(true, Ordering::Relaxed);
+            }
+        }
+        None => {
+            let _ = registry.try_init();
+        }
+    }
     Ok(Telemetry { provider })
 }
 

@@ -77,6 +77,12 @@ pub struct ActivityEntry {
     pub detail: Value,
 }
 
+/// A version-4 id from the thread's generator: `Uuid::new_v4` asks the kernel for every
+/// id, a system call per request.
+fn random_id() -> Uuid {
+    uuid::Builder::from_random_bytes(rand::Rng::random(&mut rand::rng())).into_uuid()
+}
+
 pub fn micros(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
@@ -99,7 +105,7 @@ impl RequestEntry {
     pub fn from_outcome(r: &RequestRecord) -> RequestEntry {
         let (user_id, key_id) = who(r.principal.as_deref());
         RequestEntry {
-            id: Uuid::new_v4(),
+            id: random_id(),
             ts_us: micros(r.ts),
             request_id: r.id.clone(),
             user_id,
@@ -127,7 +133,7 @@ impl RequestEntry {
 impl ActivityEntry {
     pub fn new(action: &str, outcome: &str) -> ActivityEntry {
         ActivityEntry {
-            id: Uuid::new_v4(),
+            id: random_id(),
             ts_us: micros(SystemTime::now()),
             action: action.to_owned(),
             outcome: outcome.to_owned(),
@@ -158,7 +164,7 @@ impl ActivityEntry {
 
     pub fn from_event(e: ActivityEvent) -> ActivityEntry {
         ActivityEntry {
-            id: Uuid::new_v4(),
+            id: random_id(),
             ts_us: micros(SystemTime::now()),
             action: e.action.to_owned(),
             outcome: e.outcome.to_owned(),

@@ -15,8 +15,14 @@ pub fn from_client(raw: Option<&http::HeaderValue>) -> String {
 }
 
 pub fn generate() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let n: u128 = rand::rng().random();
-    format!("req-{n:032x}")
+    let mut id = String::with_capacity(36);
+    id.push_str("req-");
+    for shift in (0..32).rev() {
+        id.push(char::from(HEX[((n >> (shift * 4)) & 0xf) as usize]));
+    }
+    id
 }
 
 #[cfg(test)]
@@ -29,6 +35,11 @@ mod tests {
         assert_eq!(from_client(Some(&ok)), "abc-123_x.y:z");
         let bad = http::HeaderValue::from_static("a b<script>");
         assert!(from_client(Some(&bad)).starts_with("req-"));
-        assert!(from_client(None).starts_with("req-"));
+        let made = from_client(None);
+        assert!(made.starts_with("req-") && made.len() == 36, "{made}");
+        assert!(made[4..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_ne!(made, generate());
     }
 }

@@ -213,33 +213,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let rid = request_id::from_client(req.headers().get("x-request-id"));
-    let empty = tracing::field::Empty;
-    // At error level, so the span exists whatever LOG_LEVEL is: every line logged while the
-    // request runs (a warning about an attempt, say) carries its request id.
-    let span = tracing::error_span!(
-        "request",
-        request_id = %rid,
-        method = %req.method(),
-        path = %req.uri().path(),
-        peer = %conn.peer,
-        model = empty,
-        backend = empty,
-        stream = empty,
-        status = empty,
-        "otel.name" = empty,
-        "otel.kind" = "server",
-        "otel.status_code" = empty,
-        "http.request.method" = %req.method(),
-        "http.response.status_code" = empty,
-        "gen_ai.operation.name" = empty,
-        "gen_ai.system" = empty,
-        "gen_ai.request.model" = empty,
-        "gen_ai.usage.input_tokens" = empty,
-        "gen_ai.usage.output_tokens" = empty,
-        "error.type" = empty,
-        "llmmux.backend" = empty,
-        "llmmux.attempts" = empty,
-    );
+    let span = request_span(&rid, &req, conn.peer);
     let outcome = Outcome::begin(
         rid.clone(),
         req.method().clone(),
@@ -268,6 +242,40 @@ pub async fn handle(
     }
     cors::decorate(&cfg, allow, &mut resp);
     resp.map(|b| OutcomeBody::wrap(b, outcome, conn.request))
+}
+
+/// The span every line logged while the request runs carries. At error level, so it exists
+/// whatever LOG_LEVEL is. Only exported spans get the attributes tracing backends read;
+/// the outcome fills them in at the end.
+fn request_span(rid: &str, req: &Request<Incoming>, peer: SocketAddr) -> tracing::Span {
+    if !crate::telemetry::exporting_spans() {
+        return tracing::error_span!("request", request_id = %rid);
+    }
+    let empty = tracing::field::Empty;
+    tracing::error_span!(
+        "request",
+        request_id = %rid,
+        method = %req.method(),
+        path = %req.uri().path(),
+        peer = %peer,
+        model = empty,
+        backend = empty,
+        stream = empty,
+        status = empty,
+        "otel.name" = empty,
+        "otel.kind" = "server",
+        "otel.status_code" = empty,
+        "http.request.method" = %req.method(),
+        "http.response.status_code" = empty,
+        "gen_ai.operation.name" = empty,
+        "gen_ai.system" = empty,
+        "gen_ai.request.model" = empty,
+        "gen_ai.usage.input_tokens" = empty,
+        "gen_ai.usage.output_tokens" = empty,
+        "error.type" = empty,
+        "llmmux.backend" = empty,
+        "llmmux.attempts" = empty,
+    )
 }
 
 async fn dispatch(

@@ -590,6 +590,9 @@ impl Call<'_> {
             for (k, v) in &ext.headers {
                 headers.insert(k.clone(), v.clone());
             }
+            if let Some(host) = &ext.host {
+                headers.insert(header::HOST, host.clone());
+            }
         }
         let request = match ext.and_then(|e| e.url(self.ep.path())) {
             Some(url) => self.proxy.client.post(url),

@@ -19,15 +19,20 @@ pub struct ServerExt {
     /// The base URL, parsed once: parsing it for every request (host, IDNA) cost about a
     /// tenth of the gateway's instructions per request.
     pub base: Option<reqwest::Url>,
+    /// The URL of every proxied endpoint, joined once.
+    endpoints: Vec<(&'static str, reqwest::Url)>,
+    /// The `Host` header of this server, made once instead of by the HTTP client for every
+    /// request.
+    pub host: Option<HeaderValue>,
 }
 
 impl ServerExt {
     /// The URL of `path` on this server (`None` if the base did not parse).
     pub fn url(&self, path: &str) -> Option<reqwest::Url> {
-        let mut url = self.base.clone()?;
-        let joined = format!("{}{path}", url.path().trim_end_matches('/'));
-        url.set_path(&joined);
-        Some(url)
+        if let Some((_, url)) = self.endpoints.iter().find(|(p, _)| *p == path) {
+            return Some(url.clone());
+        }
+        self.base.as_ref().map(|b| join(b, path))
     }
 
     fn new(base: &str, key: Option<&Secret>, extra: &[(String, String)]) -> Result<Self, String> {
@@ -45,11 +50,40 @@ impl ServerExt {
             v.set_sensitive(true);
             headers.insert(http::header::AUTHORIZATION, v);
         }
+        let base = reqwest::Url::parse(base).ok();
+        let endpoints = base
+            .iter()
+            .flat_map(|b| {
+                crate::proxy::Endpoint::ALL
+                    .iter()
+                    .map(move |ep| (ep.path(), join(b, ep.path())))
+            })
+            .collect();
+        let host = base.as_ref().and_then(host_header);
         Ok(Self {
             headers,
-            base: reqwest::Url::parse(base).ok(),
+            base,
+            endpoints,
+            host,
         })
     }
+}
+
+fn join(base: &reqwest::Url, path: &str) -> reqwest::Url {
+    let mut url = base.clone();
+    let joined = format!("{}{path}", url.path().trim_end_matches('/'));
+    url.set_path(&joined);
+    url
+}
+
+/// `host[:port]`, the port only when it is not the scheme's default (as HTTP clients send it).
+fn host_header(url: &reqwest::Url) -> Option<HeaderValue> {
+    let host = url.host_str()?;
+    let value = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    HeaderValue::from_str(&value).ok()
 }
 
 fn passive(cfg: &Config) -> PassivePolicy {
@@ -243,6 +277,35 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn endpoint_urls_and_host_are_made_once_as_a_client_would() {
+        let cases = [
+            ("http://10.0.0.1:8000/prefix/", "10.0.0.1:8000"),
+            ("https://vllm.example.com", "vllm.example.com"),
+            ("http://vllm.example.com:80", "vllm.example.com"),
+            ("http://[::1]:8000", "[::1]:8000"),
+        ];
+        for (base, host) in cases {
+            let ext = ServerExt::new(base, None, &[]).expect("valid");
+            assert_eq!(ext.host, Some(HeaderValue::from_static(host)), "{base}");
+            let root = base.trim_end_matches('/');
+            for ep in crate::proxy::Endpoint::ALL {
+                let url = ext.url(ep.path()).expect("url");
+                assert_eq!(
+                    url.as_str(),
+                    format!("{root}{}", ep.path()).replace(":80/", "/")
+                );
+            }
+            let other = ext.url("/metrics").expect("url");
+            assert_eq!(
+                other.as_str(),
+                format!("{root}/metrics").replace(":80/", "/")
+            );
+        }
+        let bad = ServerExt::new("not a url", None, &[]).expect("kept");
+        assert!(bad.url("/v1/models").is_none() && bad.host.is_none());
     }
 
     #[test]
