@@ -548,8 +548,13 @@ impl Call<'_> {
                 r.attempts = attempt;
                 r.backend = Some(backend.id.clone());
             });
-            // Error level like the request span: its lines carry the attempt and server.
-            let span = tracing::error_span!("attempt", attempt, backend = %backend.id);
+            // An exported trace shows each attempt as a child span; logs need none (the
+            // line about a failed attempt names the attempt and server itself).
+            let span = if crate::telemetry::exporting_spans() {
+                tracing::error_span!("attempt", attempt, backend = %backend.id)
+            } else {
+                tracing::Span::none()
+            };
             match self.try_once(guard).instrument(span).await {
                 Ok(started) => return Ok(started),
                 Err(e) => {

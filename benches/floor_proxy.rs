@@ -1,0 +1,132 @@
+//! The floor of the committed stack: a reverse proxy made of nothing but what the gateway
+//! is built on (tokio's multi-thread runtime, a hyper HTTP/1.1 server connection per
+//! client, the upstream client configured as `upstream::build_client` does), forwarding
+//! each POST to one server and answering its whole body. No parsing, routing, auth,
+//! audit, tracing or actors. Run beside the gateway and nginx on the same mock, it shows
+//! how much of the gateway's CPU per request its foundations take before any of its own
+//! work (issue #13).
+//!
+//! Run: `cargo bench --bench floor_proxy -- LISTEN UPSTREAM_URL [reqwest|hyper]`, e.g.
+//! `cargo bench --bench floor_proxy -- 127.0.0.1:19002 http://127.0.0.1:19000 reqwest`;
+//! `hyper` swaps reqwest for a hyper-util client on the same hyper connection code.
+//! Without arguments (as `cargo bench` runs every bench) it prints this usage and exits.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+enum Upstream {
+    Reqwest(reqwest::Client),
+    Hyper(Client<HttpConnector, Full<Bytes>>),
+}
+
+impl Upstream {
+    async fn post(&self, url: &str, body: Bytes) -> Option<Bytes> {
+        match self {
+            Upstream::Reqwest(c) => {
+                let resp = c
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .ok()?;
+                resp.bytes().await.ok()
+            }
+            Upstream::Hyper(c) => {
+                let req = hyper::Request::post(url)
+                    .header("content-type", "application/json")
+                    .body(Full::new(body))
+                    .ok()?;
+                let resp = c.request(req).await.ok()?;
+                Some(resp.into_body().collect().await.ok()?.to_bytes())
+            }
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let (Some(listen), Some(upstream)) = (args.first(), args.get(1)) else {
+        println!(
+            "floor_proxy: cargo bench --bench floor_proxy -- LISTEN UPSTREAM_URL [reqwest|hyper]"
+        );
+        return;
+    };
+    let client = match args.get(2).map(String::as_str) {
+        Some("hyper") => {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            Upstream::Hyper(
+                Client::builder(TokioExecutor::new())
+                    .pool_max_idle_per_host(1024)
+                    .build(connector),
+            )
+        }
+        _ => match reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .tcp_nodelay(true)
+            .http1_only()
+            .build()
+        {
+            Ok(c) => Upstream::Reqwest(c),
+            Err(e) => {
+                eprintln!("floor_proxy: {e}");
+                return;
+            }
+        },
+    };
+    let Ok(rt) = tokio::runtime::Runtime::new() else {
+        eprintln!("floor_proxy: no runtime");
+        return;
+    };
+    let listen = listen.clone();
+    let url: Arc<str> = format!("{}/v1/chat/completions", upstream.trim_end_matches('/')).into();
+    let client = Arc::new(client);
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(&listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("floor_proxy: bind {listen}: {e}");
+                return;
+            }
+        };
+        println!("floor_proxy listening on {listen}");
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (client, url) = (client.clone(), url.clone());
+                    async move {
+                        let body = req.into_body().collect().await.map(|c| c.to_bytes());
+                        let answer = match body {
+                            Ok(b) => client.post(&url, b).await,
+                            Err(_) => None,
+                        };
+                        let mut resp = hyper::Response::new(Full::new(answer.unwrap_or_default()));
+                        resp.headers_mut().insert(
+                            "content-type",
+                            hyper::header::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+}
