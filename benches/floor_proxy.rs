@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 enum Upstream {
     Reqwest(reqwest::Client),
-    Hyper(Client<HttpConnector, Full<Bytes>>),
+    Hyper(Box<Client<HttpConnector, Full<Bytes>>>),
 }
 
 impl Upstream {
@@ -66,11 +66,11 @@ fn main() {
         Some("hyper") => {
             let mut connector = HttpConnector::new();
             connector.set_nodelay(true);
-            Upstream::Hyper(
+            Upstream::Hyper(Box::new(
                 Client::builder(TokioExecutor::new())
                     .pool_max_idle_per_host(1024)
                     .build(connector),
-            )
+            ))
         }
         _ => match reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
