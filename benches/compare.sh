@@ -8,7 +8,8 @@
 #   audit-off  plain with AUDIT_ENABLED=false: the cost of the audit log (issue #10).
 #   governed   a database API key (looked up through the identity cache, with rate limits
 #              that are counted but never bind) and the audit log written to PostgreSQL.
-#   streams    the 10,000-stream scenario (issue #13): STREAMS_N (10000) concurrent slow
+#   streams    the 10,000-stream scenario (issue #13): STREAMS_N (10000, or as many as the
+#              file limit allows one process: two sockets per stream) concurrent slow
 #              streams (mockllm --delay-ms 400, 40 tokens: 16 s each) through direct, nginx
 #              and LLMMux plain, one target at a time; prints errors, TTFT p50/p99, stream
 #              time p50, peak RSS of the target's process tree and LLMMux's idle RSS.
@@ -87,14 +88,19 @@ run_governed() {
 # One target at a time against one mock: RSS sampled every 100 ms over the target's process
 # tree (the shared bench's procmon), TTFT and errors from the shared loadgen.
 run_streams() {
-  local n="${STREAMS_N:-10000}" mockp=19300 port=19301 out="$WORK/streams"
+  local n mockp=19300 port=19301 out="$WORK/streams" fit
   mkdir -p "$out/nginx/nginx-tmp"
-  ulimit -n 1048576 2>/dev/null || ulimit -n 65536 || true
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  # A one-process gateway holds two sockets per stream (client and server): a machine whose
+  # hard file limit is below 2 x 10,000 (and that may not raise it) runs as many as fit.
+  fit=$(( ($(ulimit -n) - 256) / 2 ))
+  n="${STREAMS_N:-$(( fit < 10000 ? fit : 10000 ))}"
   echo "== streams: $n concurrent streams of 40 tokens 400 ms apart (file limit $(ulimit -n))"
   "$BENCH_DIR/mockllm/target/release/mockllm" --listen "127.0.0.1:$mockp" --models mock-model \
     --tokens 40 --delay-ms 400 --threads 2 > "$out/mock.log" 2>&1 &
   local mock=$!
   sleep 0.5
+  kill -0 "$mock" 2>/dev/null || { echo "mockllm did not start (port $mockp in use?)" >&2; return 1; }
   local nginx_conf="$out/nginx/nginx.conf"
   sed -e "s#@RUN@#$out/nginx#g; s/@PORT@/$port/g; s/@MOCK_PORT@/$mockp/g; s/@API_KEY@/sk-bench-key/g" \
     -e "s/worker_connections [0-9]*/worker_connections 65536/" \
