@@ -13,7 +13,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -51,6 +50,17 @@ impl Upstream {
     }
 }
 
+/// The gateway's own upstream client, as `serve` builds it with default settings.
+fn gateway_client() -> Option<reqwest::Client> {
+    let env = |k: &str| (k == "BACKENDS").then(|| "m=http://127.0.0.1:9".to_owned());
+    let cfg = llmmux::config::Config::load(&llmmux::config::Sources {
+        env: &env,
+        file: None,
+    })
+    .ok()?;
+    llmmux::upstream::build_client(&cfg).ok()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -72,17 +82,10 @@ fn main() {
                     .build(connector),
             ))
         }
-        _ => match reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .tcp_nodelay(true)
-            .http1_only()
-            .build()
-        {
-            Ok(c) => Upstream::Reqwest(c),
-            Err(e) => {
-                eprintln!("floor_proxy: {e}");
+        _ => match gateway_client() {
+            Some(c) => Upstream::Reqwest(c),
+            None => {
+                eprintln!("floor_proxy: cannot build the gateway's client");
                 return;
             }
         },

@@ -62,17 +62,15 @@ fn server() -> SocketAddr {
     addr
 }
 
-/// The gateway's client, as `llmmux::upstream::build_client` configures it.
+/// The gateway's own client, as `serve` builds it with default settings.
 fn reqwest_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(5_000))
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .tcp_nodelay(true)
-        .http1_only()
-        .build()
-        .expect("reqwest client")
+    let env = |k: &str| (k == "BACKENDS").then(|| "m=http://127.0.0.1:9".to_owned());
+    let cfg = llmmux::config::Config::load(&llmmux::config::Sources {
+        env: &env,
+        file: None,
+    })
+    .unwrap_or_else(|e| panic!("config: {e:?}"));
+    llmmux::upstream::build_client(&cfg).expect("reqwest client")
 }
 
 type Direct = Client<HttpConnector, Full<Bytes>>;
