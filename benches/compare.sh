@@ -124,7 +124,8 @@ run_streams() {
       -d '{"model":"mock-model","messages":[{"role":"user","content":"hi"}],"max_tokens":1}'
     if [[ "$target" == llmmux ]]; then
       sleep 1
-      idle=$(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status")
+      idle=$(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status" 2>/dev/null) ||
+        { echo "llmmux did not start (see $out/llmmux.log)" >&2; return 1; }
     fi
     rm -f "$out/stop"
     python3 "$BENCH_DIR/lib/procmon.py" sample --out "$out/rss-$target.json" --stop-file "$out/stop" \

@@ -62,7 +62,7 @@ static EXPORTING_SPANS: AtomicBool = AtomicBool::new(false);
 
 /// Whether spans leave the process. Only then does a request span carry its full set of
 /// attributes: log lines need just the request id (the access line has the rest), and
-/// formatting and recording the others was a fifth of a proxied request's instructions.
+/// formatting and recording the others was a sixth of a proxied request's instructions.
 pub fn exporting_spans() -> bool {
     EXPORTING_SPANS.load(Ordering::Relaxed)
 }
