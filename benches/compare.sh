@@ -13,6 +13,8 @@
 #              streams (mockllm --delay-ms 400, 40 tokens: 16 s each) through direct, nginx
 #              and LLMMux plain, one target at a time; prints errors, TTFT p50/p99, stream
 #              time p50, peak RSS of the target's process tree and LLMMux's idle RSS.
+#              With FLOOR_BIN set (the floor_proxy bench's binary: `cargo bench --bench
+#              floor_proxy --no-run` prints its path) the floor of LLMMux's stack runs too.
 #
 # Usage (from the repository root; the shared bench's setup.sh must have run once):
 #   bash benches/compare.sh [plain] [audit-off] [governed] [streams]
@@ -22,6 +24,7 @@
 #   QUICK=1     short runs (passed to run.sh); any other run.sh variable passes through
 #   PG          PostgreSQL for the governed run (default: host=127.0.0.1 port=5432 user=postgres)
 #   LLMMUX_BIN  the binary (default: target/release/llmmux, built if missing)
+#   FLOOR_BIN   streams: add the floor proxy (FLOOR_CLIENT=reqwest, the default, or hyper)
 # Each run prints run.sh's table; the raw results stay in run.sh's logs directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -108,11 +111,14 @@ run_streams() {
   printf '| target | ok | errors | TTFT p50 ms | TTFT p99 ms | stream p50 ms | peak RSS MiB | idle RSS MiB |\n'
   printf '|---|---:|---:|---:|---:|---:|---:|---:|\n'
   local target url pid idle
-  for target in ${STREAMS_TARGETS:-direct nginx llmmux}; do
+  for target in ${STREAMS_TARGETS:-direct nginx ${FLOOR_BIN:+floor} llmmux}; do
     pid="" idle="—" url="http://127.0.0.1:$port/v1/chat/completions"
     case "$target" in
       direct) url="http://127.0.0.1:$mockp/v1/chat/completions"; pid=$mock ;;
       nginx) /usr/sbin/nginx -p "$out/nginx" -c "$nginx_conf" -e "$out/nginx/error.log" & pid=$! ;;
+      floor)
+        "${FLOOR_BIN:?FLOOR_BIN: the floor_proxy bench binary}" "127.0.0.1:$port" \
+          "http://127.0.0.1:$mockp" "${FLOOR_CLIENT:-reqwest}" > "$out/floor.log" 2>&1 & pid=$! ;;
       llmmux)
         env HOST=127.0.0.1 PORT=$port BACKENDS=mock-model=http://127.0.0.1:$mockp LOG_LEVEL=warn \
           MAX_IN_FLIGHT_PER_SERVER=0 MAX_IN_FLIGHT=1000000 MAX_CONNECTIONS=1000000 \

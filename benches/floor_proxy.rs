@@ -1,7 +1,8 @@
 //! The floor of the committed stack: a reverse proxy made of nothing but what the gateway
 //! is built on (tokio's multi-thread runtime, a hyper HTTP/1.1 server connection per
 //! client, the upstream client configured as `upstream::build_client` does), forwarding
-//! each POST to one server and answering its whole body. No parsing, routing, auth,
+//! each POST to one server and relaying its body frame by frame as it arrives (so streams
+//! show the stack's time to first token too). No parsing, routing, auth,
 //! audit, tracing or actors. Run beside the gateway and nginx on the same mock, it shows
 //! how much of the gateway's CPU per request its foundations take before any of its own
 //! work (issue #13).
@@ -15,6 +16,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -25,9 +27,12 @@ enum Upstream {
     Hyper(Box<Client<HttpConnector, Full<Bytes>>>),
 }
 
+type Relay = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
 impl Upstream {
-    async fn post(&self, url: &str, body: Bytes) -> Option<Bytes> {
-        match self {
+    /// The server's answer: its content type and its body, relayed as it arrives.
+    async fn post(&self, url: &str, body: Bytes) -> Option<(hyper::header::HeaderValue, Relay)> {
+        let resp: hyper::Response<Relay> = match self {
             Upstream::Reqwest(c) => {
                 let resp = c
                     .post(url)
@@ -36,7 +41,7 @@ impl Upstream {
                     .send()
                     .await
                     .ok()?;
-                resp.bytes().await.ok()
+                hyper::Response::from(resp).map(|b| b.map_err(Into::into).boxed())
             }
             Upstream::Hyper(c) => {
                 let req = hyper::Request::post(url)
@@ -44,9 +49,15 @@ impl Upstream {
                     .body(Full::new(body))
                     .ok()?;
                 let resp = c.request(req).await.ok()?;
-                Some(resp.into_body().collect().await.ok()?.to_bytes())
+                resp.map(|b| b.map_err(Into::into).boxed())
             }
-        }
+        };
+        let (parts, body) = resp.into_parts();
+        let ct = parts.headers.get("content-type").cloned();
+        Some((
+            ct.unwrap_or(hyper::header::HeaderValue::from_static("application/json")),
+            body,
+        ))
     }
 }
 
@@ -118,11 +129,15 @@ fn main() {
                             Ok(b) => client.post(&url, b).await,
                             Err(_) => None,
                         };
-                        let mut resp = hyper::Response::new(Full::new(answer.unwrap_or_default()));
-                        resp.headers_mut().insert(
-                            "content-type",
-                            hyper::header::HeaderValue::from_static("application/json"),
-                        );
+                        let (ct, body) = answer.unwrap_or_else(|| {
+                            let empty = Full::new(Bytes::new()).map_err(|e| match e {}).boxed();
+                            (
+                                hyper::header::HeaderValue::from_static("application/json"),
+                                empty,
+                            )
+                        });
+                        let mut resp = hyper::Response::new(body);
+                        resp.headers_mut().insert("content-type", ct);
                         Ok::<_, Infallible>(resp)
                     }
                 });

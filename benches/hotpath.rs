@@ -13,7 +13,7 @@ use eventsource_stream::Eventsource;
 use futures_util::{FutureExt, StreamExt};
 use llmmux::config::{Config, Sources};
 use llmmux::http::auth::{Access, Authenticator};
-use llmmux::proxy::{prepare, pump, sse_guard::SseGuard, Endpoint};
+use llmmux::proxy::{prepare, pump, sse::SseEvents, sse_guard::SseGuard, Endpoint};
 use llmmux_actors::backend::{
     BackendHandle, BackendId, BackendSpec, HealthCheck, Origin, PassivePolicy,
 };
@@ -136,7 +136,25 @@ fn sse(c: &mut Criterion) {
         .collect();
     let mut g = c.benchmark_group("sse");
     g.throughput(Throughput::Elements(N as u64));
-    g.bench_function("guard + parse + re-emit, per chunk", |b| {
+    g.bench_function("guard + decode + forward, per chunk", |b| {
+        b.iter(|| {
+            let upstream =
+                futures_util::stream::iter(chunks.iter().cloned().map(Ok::<_, std::io::Error>));
+            let mut events = SseEvents::new(SseGuard::new(upstream, 4 << 20));
+            let mut n = 0usize;
+            while let Some(Some(Ok(ev))) = events.next().now_or_never() {
+                let data = ev.data().unwrap_or_default();
+                n += ev
+                    .frame()
+                    .cloned()
+                    .unwrap_or_else(|| pump::frame(data))
+                    .len();
+            }
+            black_box(n)
+        })
+    });
+    // The decoder before issue #13, for comparison.
+    g.bench_function("guard + eventsource-stream + re-emit, per chunk", |b| {
         b.iter(|| {
             let upstream =
                 futures_util::stream::iter(chunks.iter().cloned().map(Ok::<_, std::io::Error>));

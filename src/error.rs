@@ -74,7 +74,7 @@ pub enum GatewayError {
     #[error("rate limited")]
     RateLimited {
         retry_after_secs: u64,
-        headers: Vec<(&'static str, String)>,
+        headers: crate::identity::limits::LimitHeaders,
     },
 }
 
@@ -282,9 +282,7 @@ impl GatewayError {
         }
         if let GatewayError::RateLimited { headers, .. } = &self {
             for (name, value) in headers {
-                if let Ok(v) = HeaderValue::from_str(value) {
-                    resp.headers_mut().insert(*name, v);
-                }
+                resp.headers_mut().insert(name.clone(), value.clone());
             }
         }
         if self.status() == StatusCode::UNAUTHORIZED {

@@ -1052,8 +1052,10 @@ fn limited(rpm: Option<u32>, tpm: Option<u64>) -> Principal {
     }
 }
 
-fn header<'a>(h: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
-    h.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+fn header<'a>(h: &'a [(http::HeaderName, http::HeaderValue)], name: &str) -> Option<&'a str> {
+    h.iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.to_str().ok())
 }
 
 #[tokio::test]

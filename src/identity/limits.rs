@@ -20,6 +20,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http::{HeaderName, HeaderValue};
+
 use crate::principal::Principal;
 
 const WINDOW_SECS: u64 = 60;
@@ -34,13 +36,31 @@ const KEY_TTL_SECS: u64 = 3 * WINDOW_SECS;
 const REQ: usize = 0;
 const TOK: usize = 1;
 
+/// `x-ratelimit-*` headers (OpenAI names), ready to insert: built on every admitted
+/// request, so names are constants and numbers skip formatting and validation.
+pub type LimitHeaders = Vec<(HeaderName, HeaderValue)>;
+
+const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+
+/// Which limit turned a request away (for the metrics' `limit` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exceeded {
+    Requests,
+    Tokens,
+}
+
 /// Over a limit: answer 429 with these.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("rate limit exceeded")]
 pub struct RateLimited {
     pub retry_after: Duration,
-    /// `x-ratelimit-*` headers (OpenAI names).
-    pub headers: Vec<(&'static str, String)>,
+    pub exceeded: Exceeded,
+    pub headers: LimitHeaders,
 }
 
 impl RateLimited {
@@ -53,7 +73,7 @@ impl RateLimited {
 /// Admitted: the `x-ratelimit-*` headers to send (none for an unlimited credential).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Admission {
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: LimitHeaders,
 }
 
 #[derive(Default, Debug)]
@@ -139,12 +159,16 @@ fn reset_secs(c: &Counter, k: usize, frac: f64) -> f64 {
 }
 
 /// OpenAI's duration style: `20ms`, `1.5s`, `6m0s`.
+/// OpenAI's reset format: `20ms`, `1.5s`, `6m0s` (rounded up).
 fn fmt_duration(secs: f64) -> String {
     if secs < 1.0 {
         format!("{}ms", (secs * 1000.0).ceil() as u64)
     } else if secs < 60.0 {
-        let s = format!("{:.1}", (secs * 10.0).ceil() / 10.0);
-        format!("{}s", s.trim_end_matches(".0"))
+        let tenths = (secs * 10.0).ceil() as u64;
+        match tenths % 10 {
+            0 => format!("{}s", tenths / 10),
+            t => format!("{}.{t}s", tenths / 10),
+        }
     } else {
         let total = secs.ceil() as u64;
         format!("{}m{}s", total / 60, total % 60)
@@ -251,21 +275,24 @@ impl RateLimiter {
         let (window, frac) = now();
         let mut shard = self.inner.shard(&subject);
         let c = Inner::counter(&mut shard, &subject, window);
-        let mut retry: Option<f64> = None;
+        // How long until the request fits, and which limit it is waiting for.
+        let mut over: Option<(f64, Exceeded)> = None;
         if let Some(limit) = rpm {
             if c.estimate(REQ, frac) + 1.0 > limit as f64 {
-                retry = Some(wait_secs(c.prev[REQ], c.curr(REQ), limit as f64, 1.0, frac));
+                let w = wait_secs(c.prev[REQ], c.curr(REQ), limit as f64, 1.0, frac);
+                over = Some((w, Exceeded::Requests));
             }
         }
         if let Some(limit) = tpm {
             if c.estimate(TOK, frac) + 1.0 > limit as f64 {
                 let w = wait_secs(c.prev[TOK], c.curr(TOK), limit as f64, 1.0, frac);
-                retry = Some(retry.map_or(w, |r| r.max(w)));
+                over = Some(over.map_or((w, Exceeded::Tokens), |(r, e)| (r.max(w), e)));
             }
         }
-        if let Some(secs) = retry {
+        if let Some((secs, exceeded)) = over {
             return Err(RateLimited {
                 retry_after: Duration::from_secs_f64(secs.max(0.001)),
+                exceeded,
                 headers: headers(c, rpm, tpm, frac),
             });
         }
@@ -288,30 +315,26 @@ impl RateLimiter {
     }
 }
 
-fn headers(
-    c: &Counter,
-    rpm: Option<u32>,
-    tpm: Option<u64>,
-    frac: f64,
-) -> Vec<(&'static str, String)> {
+fn headers(c: &Counter, rpm: Option<u32>, tpm: Option<u64>, frac: f64) -> LimitHeaders {
     let mut h = Vec::new();
+    let mut push = |names: [HeaderName; 3], limit: u64, i: usize| {
+        let remaining = (limit as f64 - c.estimate(i, frac)).floor().max(0.0) as u64;
+        let [l, r, reset] = names;
+        h.push((l, HeaderValue::from(limit)));
+        h.push((r, HeaderValue::from(remaining)));
+        if let Ok(v) = HeaderValue::try_from(fmt_duration(reset_secs(c, i, frac))) {
+            h.push((reset, v));
+        }
+    };
     if let Some(limit) = rpm {
-        let remaining = (limit as f64 - c.estimate(REQ, frac)).floor().max(0.0) as u64;
-        h.push(("x-ratelimit-limit-requests", limit.to_string()));
-        h.push(("x-ratelimit-remaining-requests", remaining.to_string()));
-        h.push((
-            "x-ratelimit-reset-requests",
-            fmt_duration(reset_secs(c, REQ, frac)),
-        ));
+        push(
+            [LIMIT_REQUESTS, REMAINING_REQUESTS, RESET_REQUESTS],
+            u64::from(limit),
+            REQ,
+        );
     }
     if let Some(limit) = tpm {
-        let remaining = (limit as f64 - c.estimate(TOK, frac)).floor().max(0.0) as u64;
-        h.push(("x-ratelimit-limit-tokens", limit.to_string()));
-        h.push(("x-ratelimit-remaining-tokens", remaining.to_string()));
-        h.push((
-            "x-ratelimit-reset-tokens",
-            fmt_duration(reset_secs(c, TOK, frac)),
-        ));
+        push([LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS], limit, TOK);
     }
     h
 }

@@ -15,6 +15,7 @@ pub mod prepare;
 pub mod pump;
 pub mod request_scan;
 pub mod retry;
+pub mod sse;
 pub mod sse_guard;
 
 use std::future::Future;
@@ -36,6 +37,7 @@ use tracing::{debug, warn, Instrument};
 use crate::body::{full, Body};
 use crate::config::Config;
 use crate::error::{json_response, normalize_upstream_error, GatewayError};
+use crate::identity::limits::{Exceeded, LimitHeaders};
 use crate::identity::Identity;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
@@ -241,7 +243,7 @@ pub struct Gate<'a> {
 impl Gate<'_> {
     /// 403 before any server is called for a model the credential may not use; 429 over
     /// its limits. On admission, the `x-ratelimit-*` headers to add to the answer.
-    fn admit(&self, model: &str) -> Result<Vec<(&'static str, String)>, GatewayError> {
+    fn admit(&self, model: &str) -> Result<LimitHeaders, GatewayError> {
         if !self.principal.may_use(model) {
             return Err(GatewayError::ModelNotAllowed(model.to_owned()));
         }
@@ -251,12 +253,10 @@ impl Gate<'_> {
         match identity.admit(self.principal) {
             Ok(a) => Ok(a.headers),
             Err(limited) => {
-                let requests_spent = limited
-                    .headers
-                    .iter()
-                    .any(|(k, v)| *k == "x-ratelimit-remaining-requests" && v == "0");
-                self.metrics
-                    .rate_limited(if requests_spent { "rpm" } else { "tpm" });
+                self.metrics.rate_limited(match limited.exceeded {
+                    Exceeded::Requests => "rpm",
+                    Exceeded::Tokens => "tpm",
+                });
                 Err(GatewayError::from(limited))
             }
         }
@@ -286,9 +286,7 @@ pub async fn forward(
     )
     .await?;
     for (name, value) in limit_headers {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            resp.headers_mut().insert(name, v);
-        }
+        resp.headers_mut().insert(name, value);
     }
     Ok(resp)
 }
@@ -302,7 +300,7 @@ async fn forward_inner(
     req: Request<Incoming>,
     outcome: &Outcome,
     gate: &Gate<'_>,
-    limit_headers: &mut Vec<(&'static str, String)>,
+    limit_headers: &mut LimitHeaders,
 ) -> Result<Response<Body>, GatewayError> {
     if lifecycle.is_draining() {
         return Err(GatewayError::ShuttingDown);

@@ -16,16 +16,16 @@
 //! idle timeout, server found dead, cancellation, a crashed stream actor). A mid-stream
 //! failure never flushes held tool-call text with a finish the server never sent.
 //!
-//! Upstream SSE goes through [`SseGuard`] before the parser: invalid UTF-8 or an event over
-//! `SSE_MAX_EVENT_BYTES` ends the stream at once (`upstream_invalid_stream`), and a last
-//! `data: [DONE]` without its blank line is still a clean end.
+//! Upstream SSE goes through [`SseGuard`] before the decoder ([`SseEvents`]): invalid UTF-8
+//! or an event over `SSE_MAX_EVENT_BYTES` ends the stream at once (`upstream_invalid_stream`),
+//! and a last `data: [DONE]` without its blank line is still a clean end. An event that
+//! needs no change is forwarded as the bytes it came in.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt};
 use http::{header, HeaderValue, Response, StatusCode};
 use llmmux_actors::backend::{BackendHandle, Observed};
@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{warn, Instrument};
 
+use super::sse::SseEvents;
 use super::sse_guard::{SseGuard, SseGuardError};
 use super::{Endpoint, Proxy, StreamGuards};
 use crate::body::{Body, ChannelBody};
@@ -184,18 +185,13 @@ fn transport_failure(_: reqwest::Error) -> Failure {
     (GatewayError::UpstreamFailed, "upstream_reset")
 }
 
-fn sse_failure(e: EventStreamError<SseGuardError<reqwest::Error>>) -> Failure {
+const INVALID_UTF8: Failure = (GatewayError::UpstreamProtocol, "invalid_utf8");
+
+fn sse_failure(e: SseGuardError<reqwest::Error>) -> Failure {
     match e {
-        EventStreamError::Transport(SseGuardError::Upstream(e)) => transport_failure(e),
-        // The guard validates UTF-8 before the parser sees a byte; the parser's own check
-        // is kept as a backstop.
-        EventStreamError::Transport(SseGuardError::InvalidUtf8) | EventStreamError::Utf8(_) => {
-            (GatewayError::UpstreamProtocol, "invalid_utf8")
-        }
-        EventStreamError::Transport(SseGuardError::EventTooLarge { .. }) => {
-            (GatewayError::UpstreamProtocol, "event_too_large")
-        }
-        EventStreamError::Parser(_) => (GatewayError::UpstreamProtocol, "invalid_sse"),
+        SseGuardError::Upstream(e) => transport_failure(e),
+        SseGuardError::InvalidUtf8 => INVALID_UTF8,
+        SseGuardError::EventTooLarge { .. } => (GatewayError::UpstreamProtocol, "event_too_large"),
     }
 }
 
@@ -308,8 +304,9 @@ impl Pump {
         }
     }
 
-    /// Forward one upstream payload after usage filtering.
-    async fn emit(&mut self, data: &str, ctx: &PumpCtx) -> bool {
+    /// Forward one upstream payload after usage filtering: as `framed` when given (the
+    /// upstream event's own bytes), else framed here.
+    async fn emit(&mut self, data: &str, framed: Option<&Bytes>, ctx: &PumpCtx) -> bool {
         if let Some((p, c)) = usage_of(data) {
             self.outcome.usage(p, c);
             if !self.client_wants_usage {
@@ -321,20 +318,24 @@ impl Pump {
         } else {
             self.content_chunks += 1;
         }
-        self.send(frame(data), ctx).await
+        let bytes = framed.cloned().unwrap_or_else(|| frame(data));
+        self.send(bytes, ctx).await
     }
 
     async fn run_sse<S>(mut self, upstream: S, ctx: &PumpCtx)
     where
         S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
     {
-        let mut events = SseGuard::new(upstream, self.max_event_bytes)
-            .eventsource()
+        let mut events = SseEvents::new(SseGuard::new(upstream, self.max_event_bytes))
             .map(|r| r.map_err(sse_failure));
         loop {
             match self.next(&mut events, ctx).await {
                 Step::Item(ev) => {
-                    let data = ev.data;
+                    let Ok(data) = ev.data() else {
+                        let (e, why) = INVALID_UTF8;
+                        self.upstream_failed(why, e).await;
+                        break;
+                    };
                     if data == "[DONE]" {
                         self.flush_repair(ctx).await;
                         let _ = self.send(frame("[DONE]"), ctx).await;
@@ -342,18 +343,18 @@ impl Pump {
                         break;
                     }
                     let replaced = match self.repair.as_mut() {
-                        Some(r) => match r.push(&data) {
+                        Some(r) => match r.push(data) {
                             Emit::PassThrough => None,
                             Emit::Replace(v) => Some(v),
                         },
                         None => None,
                     };
                     let ok = match replaced {
-                        None => self.emit(&data, ctx).await,
+                        None => self.emit(data, ev.frame(), ctx).await,
                         Some(list) => {
                             let mut ok = true;
                             for d in list {
-                                ok = ok && self.emit(&d, ctx).await;
+                                ok = ok && self.emit(&d, None, ctx).await;
                             }
                             ok
                         }
@@ -441,7 +442,7 @@ impl Pump {
     async fn flush_repair(&mut self, ctx: &PumpCtx) {
         if let Some(r) = self.repair.as_mut() {
             for d in r.finish() {
-                if !self.emit(&d, ctx).await {
+                if !self.emit(&d, None, ctx).await {
                     return;
                 }
             }

@@ -1,17 +1,16 @@
-//! A guard between the upstream byte stream and the SSE parser (`eventsource-stream` 0.2),
-//! covering what that parser does badly with bytes it does not expect:
+//! A guard between the upstream byte stream and the SSE decoder ([`super::sse`]), so that
+//! the decoder only ever sees bytes it can handle:
 //!
-//! - **Invalid UTF-8.** Its UTF-8 layer keeps an invalid byte in its buffer and appends
-//!   every later chunk behind it, so one bad byte stalls the stream until the idle timeout
-//!   while memory grows. The guard validates incrementally (a sequence may be split across
-//!   chunks; at most 3 bytes of state) and fails at the first invalid byte.
-//! - **Unbounded events.** The parser buffers an event until its blank line, however long.
+//! - **Invalid UTF-8.** Validated incrementally (a sequence may be split across chunks; at
+//!   most 3 bytes of state); the stream fails at the first invalid byte. (eventsource-stream,
+//!   the decoder before issue #13, kept a bad byte buffered and stalled until the idle
+//!   timeout while memory grew.)
+//! - **Unbounded events.** A decoder buffers an event until its blank line, however long.
 //!   The guard counts the bytes of the unfinished event and fails past `max_event_bytes`.
-//! - **A last event without its blank line.** The parser drops it at EOF (as the SSE spec
-//!   says), so `data: [DONE]` sent without `\n\n` before the close looks like a broken
+//! - **A last event without its blank line.** The decoder drops it at EOF (as the SSE spec
+//!   says), so `data: [DONE]` sent without `\n\n` before the close would look like a broken
 //!   stream. The guard adds the missing terminator at EOF when an event is pending.
-//! - **A leading BOM.** The parser slices the first string at byte 1 when it starts with
-//!   U+FEFF, a 3-byte character: it panics. The guard strips the BOM instead.
+//! - **A leading BOM.** Stripped, as the spec says (eventsource-stream panicked on it).
 //!
 //! Chunks pass through unchanged (`Bytes` slices, no copy). On a violation the guard first
 //! yields the valid part of the chunk (events completed before the bad byte still reach the
@@ -232,8 +231,8 @@ enum Out {
 }
 
 pin_project! {
-    /// See the module documentation. Build with [`SseGuard::new`], then call
-    /// `.eventsource()` on it.
+    /// See the module documentation. Build with [`SseGuard::new`], then decode with
+    /// [`SseEvents`](super::sse::SseEvents).
     pub struct SseGuard<S> {
         #[pin]
         inner: S,
@@ -363,7 +362,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use eventsource_stream::{EventStreamError, Eventsource};
+    use crate::proxy::sse::SseEvents;
     use futures_util::{FutureExt, StreamExt};
     use proptest::prelude::*;
 
@@ -376,24 +375,20 @@ mod tests {
                 .into_iter()
                 .map(|c| Ok::<_, &'static str>(Bytes::from(c))),
         );
-        let mut events = SseGuard::new(upstream, max).eventsource();
+        let mut events = SseEvents::new(SseGuard::new(upstream, max));
         let mut out = Vec::new();
         loop {
             // The source is synchronous: every poll is ready.
             match events.next().now_or_never() {
-                Some(Some(Ok(ev))) => out.push(ev.data),
-                Some(Some(Err(EventStreamError::Transport(e)))) => {
-                    // Nothing more is parsed; the parser's own UTF-8 layer may still
-                    // complain about the incomplete bytes it holds.
-                    while let Some(Some(after)) = events.next().now_or_never() {
-                        assert!(
-                            matches!(after, Err(EventStreamError::Utf8(_))),
-                            "{after:?} after the guard's error"
-                        );
-                    }
+                Some(Some(Ok(ev))) => out.push(ev.data().expect("valid UTF-8").to_owned()),
+                Some(Some(Err(e))) => {
+                    let after = events.next().now_or_never();
+                    assert!(
+                        matches!(after, Some(None)),
+                        "{after:?} after the guard's error"
+                    );
                     return (out, Some(e));
                 }
-                Some(Some(Err(e))) => panic!("parser error behind the guard: {e:?}"),
                 Some(None) => return (out, None),
                 None => panic!("a synchronous stream was pending"),
             }
@@ -556,10 +551,9 @@ mod tests {
             // After the bad bytes: an event that must never come out.
             bytes.extend_from_slice(text.as_bytes()[p..].as_ref());
             bytes.extend_from_slice(b"data: AFTER\n\n");
-            // What the parser makes of the valid prefix alone, without an EOF terminator.
-            let prefix = futures_util::stream::iter([Ok::<_, ()>(Bytes::copy_from_slice(&bytes[..p]))])
-                .eventsource()
-                .filter_map(|r| async move { r.ok().map(|e| e.data) })
+            // What the decoder makes of the valid prefix alone, without an EOF terminator.
+            let prefix = SseEvents::new(futures_util::stream::iter([Ok::<_, ()>(Bytes::copy_from_slice(&bytes[..p]))]))
+                .filter_map(|r| async move { r.ok().and_then(|e| e.data().ok().map(str::to_owned)) })
                 .collect::<Vec<_>>()
                 .now_or_never()
                 .unwrap_or_default();
