@@ -632,3 +632,78 @@ async fn without_a_database_the_journal_records_and_answers() {
     );
     app.shutdown().await;
 }
+
+/// A request record as the writer stores it, made at `ts_us`.
+fn stored_request(n: u32, ts_us: i64) -> llmmux::audit::record::AuditRecord {
+    use llmmux::audit::record::{AuditRecord, RequestEntry};
+    AuditRecord::Request(RequestEntry {
+        id: uuid::Uuid::from_u128(u128::from(n) + 1),
+        ts_us,
+        request_id: format!("req-{n}"),
+        user_id: None,
+        key_id: Some("key".into()),
+        client_addr: "127.0.0.1:1".into(),
+        method: "POST".into(),
+        endpoint: "/v1/chat/completions".into(),
+        model: Some("m".into()),
+        backend: None,
+        stream: false,
+        status: 200,
+        error_type: None,
+        attempts: 1,
+        latency_ms: 1.0,
+        ttft_ms: None,
+        prompt_tokens: Some(1),
+        completion_tokens: Some(2),
+        request_body: None,
+        response_body: None,
+    })
+}
+
+/// A batch written again (its first write committed but the answer was lost, or a spooled
+/// batch replayed) fails the plain insert and goes again skipping the rows already there:
+/// every record once, the new ones included, and no error for the writer to retry forever.
+#[tokio::test]
+async fn a_batch_written_twice_stores_each_record_once() {
+    use llmmux::audit::pg::PgAudit;
+    use llmmux::audit::record::{ActivityEntry, AuditRecord};
+    use llmmux::storage::{Db, DbSettings};
+    let db = TestDb::create().await;
+    llmmux::storage::migrate::migrate(&db.url())
+        .await
+        .expect("migrations apply");
+    let pg = PgAudit::new(
+        Db::new(&DbSettings {
+            url: llmmux::config::Secret::new(db.url()),
+            pool_size: 2,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
+        })
+        .expect("pool"),
+        30,
+    );
+    let now = llmmux::audit::record::micros(std::time::SystemTime::now());
+    let activity = AuditRecord::Activity(ActivityEntry::new("key.create", "success"));
+    let first: Vec<AuditRecord> = (0..3)
+        .map(|n| stored_request(n, now))
+        .chain([activity.clone()])
+        .collect();
+    pg.store(&first).await.expect("first write");
+    pg.store(&first).await.expect("the same batch again");
+    let mut second = first.clone();
+    second.extend((3..5).map(|n| stored_request(n, now)));
+    pg.store(&second)
+        .await
+        .expect("a batch with old and new rows");
+    let c = db.client().await;
+    let count = |sql: &'static str| {
+        let c = &c;
+        async move { c.query_one(sql, &[]).await.expect("count").get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM audit_requests").await, 5);
+    assert_eq!(
+        count("SELECT count(DISTINCT id) FROM audit_requests").await,
+        5
+    );
+    assert_eq!(count("SELECT count(*) FROM audit_activity").await, 1);
+}

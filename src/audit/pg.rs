@@ -121,13 +121,29 @@ impl PgAudit {
                 AuditRecord::Activity(a) => acts.push(a),
             }
         }
+        // A plain insert costs PostgreSQL about a quarter less per row than one with
+        // `ON CONFLICT`; a batch repeats rows only when an earlier write of it committed but
+        // its answer was lost (or a spooled batch is replayed), and then it goes again,
+        // skipping them.
+        match self.insert(&reqs, &acts, OnConflict::Fail).await {
+            Err(e) if e.is_unique_violation() => self.insert(&reqs, &acts, OnConflict::Skip).await,
+            r => r,
+        }
+    }
+
+    async fn insert(
+        &self,
+        reqs: &[&RequestEntry],
+        acts: &[&ActivityEntry],
+        conflict: OnConflict,
+    ) -> Result<(), StorageError> {
         let mut client = self.db.client().await?;
         let tx = client.transaction().await?;
         if !reqs.is_empty() {
-            insert_requests(&tx, &reqs).await?;
+            insert_requests(&tx, reqs, conflict).await?;
         }
         if !acts.is_empty() {
-            insert_activity(&tx, &acts).await?;
+            insert_activity(&tx, acts, conflict).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -367,25 +383,35 @@ fn activity_row(r: &Row) -> ActivityEntry {
     }
 }
 
+/// What an insert does with a row whose id and time are already stored.
+#[derive(Debug, Clone, Copy)]
+enum OnConflict {
+    Fail,
+    Skip,
+}
+
+impl OnConflict {
+    fn clause(self) -> &'static str {
+        match self {
+            OnConflict::Fail => "",
+            OnConflict::Skip => " ON CONFLICT DO NOTHING",
+        }
+    }
+}
+
 async fn insert_requests(
     tx: &tokio_postgres::Transaction<'_>,
     rows: &[&RequestEntry],
+    conflict: OnConflict,
 ) -> Result<(), StorageError> {
-    let col =
-        |f: fn(&RequestEntry) -> Option<String>| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
+    // Columns borrow from the records: no copy of any text per row.
+    let text = |f: fn(&RequestEntry) -> &str| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
+    let opt = |f: fn(&RequestEntry) -> Option<&str>| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let tss: Vec<DateTime<Utc>> = rows.iter().map(|r| ts(r.ts_us)).collect();
-    let request_ids: Vec<String> = rows.iter().map(|r| r.request_id.clone()).collect();
     let users: Vec<Option<Uuid>> = rows.iter().map(|r| r.user_id).collect();
-    let keys = col(|r| r.key_id.clone());
-    let addrs: Vec<String> = rows.iter().map(|r| r.client_addr.clone()).collect();
-    let methods: Vec<String> = rows.iter().map(|r| r.method.clone()).collect();
-    let endpoints: Vec<String> = rows.iter().map(|r| r.endpoint.clone()).collect();
-    let models = col(|r| r.model.clone());
-    let backends = col(|r| r.backend.clone());
     let streams: Vec<bool> = rows.iter().map(|r| r.stream).collect();
     let statuses: Vec<i32> = rows.iter().map(|r| i32::from(r.status)).collect();
-    let errors = col(|r| r.error_type.clone());
     let attempts: Vec<i32> = rows
         .iter()
         .map(|r| i32::try_from(r.attempts).unwrap_or(i32::MAX))
@@ -395,37 +421,39 @@ async fn insert_requests(
     let tok = |n: Option<u64>| n.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
     let prompt: Vec<Option<i64>> = rows.iter().map(|r| tok(r.prompt_tokens)).collect();
     let completion: Vec<Option<i64>> = rows.iter().map(|r| tok(r.completion_tokens)).collect();
-    let req_bodies = col(|r| r.request_body.clone());
-    let resp_bodies = col(|r| r.response_body.clone());
-    tx.execute(
+    let sql = format!(
         "INSERT INTO audit_requests (id, ts, request_id, user_id, key_id, client_addr, method, \
          endpoint, model, backend, stream, status, error_type, attempts, latency_ms, ttft_ms, \
          prompt_tokens, completion_tokens, request_body, response_body) \
          SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::uuid[], $5::text[], \
          $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bool[], $12::int4[], \
          $13::text[], $14::int4[], $15::float8[], $16::float8[], $17::int8[], $18::int8[], \
-         $19::text[], $20::text[]) ON CONFLICT DO NOTHING",
+         $19::text[], $20::text[]){}",
+        conflict.clause()
+    );
+    tx.execute(
+        &sql,
         &[
             &ids,
             &tss,
-            &request_ids,
+            &text(|r| &r.request_id),
             &users,
-            &keys,
-            &addrs,
-            &methods,
-            &endpoints,
-            &models,
-            &backends,
+            &opt(|r| r.key_id.as_deref()),
+            &text(|r| &r.client_addr),
+            &text(|r| &r.method),
+            &text(|r| &r.endpoint),
+            &opt(|r| r.model.as_deref()),
+            &opt(|r| r.backend.as_deref()),
             &streams,
             &statuses,
-            &errors,
+            &opt(|r| r.error_type.as_deref()),
             &attempts,
             &latency,
             &ttft,
             &prompt,
             &completion,
-            &req_bodies,
-            &resp_bodies,
+            &opt(|r| r.request_body.as_deref()),
+            &opt(|r| r.response_body.as_deref()),
         ],
     )
     .await?;
@@ -435,32 +463,34 @@ async fn insert_requests(
 async fn insert_activity(
     tx: &tokio_postgres::Transaction<'_>,
     rows: &[&ActivityEntry],
+    conflict: OnConflict,
 ) -> Result<(), StorageError> {
+    let opt = |f: fn(&ActivityEntry) -> Option<&str>| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let tss: Vec<DateTime<Utc>> = rows.iter().map(|r| ts(r.ts_us)).collect();
-    let actions: Vec<String> = rows.iter().map(|r| r.action.clone()).collect();
-    let outcomes: Vec<String> = rows.iter().map(|r| r.outcome.clone()).collect();
+    let actions: Vec<&str> = rows.iter().map(|r| r.action.as_str()).collect();
+    let outcomes: Vec<&str> = rows.iter().map(|r| r.outcome.as_str()).collect();
     let users: Vec<Option<Uuid>> = rows.iter().map(|r| r.actor_user_id).collect();
-    let keys: Vec<Option<String>> = rows.iter().map(|r| r.actor_key_id.clone()).collect();
-    let targets: Vec<Option<String>> = rows.iter().map(|r| r.target.clone()).collect();
-    let addrs: Vec<Option<String>> = rows.iter().map(|r| r.client_addr.clone()).collect();
-    let request_ids: Vec<Option<String>> = rows.iter().map(|r| r.request_id.clone()).collect();
-    let details: Vec<Value> = rows.iter().map(|r| r.detail.clone()).collect();
-    tx.execute(
+    let details: Vec<&Value> = rows.iter().map(|r| &r.detail).collect();
+    let sql = format!(
         "INSERT INTO audit_activity (id, ts, action, outcome, actor_user_id, actor_key_id, target, \
          client_addr, request_id, detail) \
          SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::uuid[], \
-         $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[]) ON CONFLICT DO NOTHING",
+         $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[]){}",
+        conflict.clause()
+    );
+    tx.execute(
+        &sql,
         &[
             &ids,
             &tss,
             &actions,
             &outcomes,
             &users,
-            &keys,
-            &targets,
-            &addrs,
-            &request_ids,
+            &opt(|r| r.actor_key_id.as_deref()),
+            &opt(|r| r.target.as_deref()),
+            &opt(|r| r.client_addr.as_deref()),
+            &opt(|r| r.request_id.as_deref()),
             &details,
         ],
     )
