@@ -31,29 +31,32 @@ use crate::toolcall::{Counters as ToolCallCounters, Family as ToolFamily};
 
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
+// Label sets are built for every request to look their series up: text labels are shared
+// (`Arc<str>`: the server's id as it is, the model copied once) or static, numbers and flags
+// are themselves. Owned strings cost seven allocations per request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    model: String,
-    backend: String,
-    status: String,
-    endpoint: String,
+    model: Arc<str>,
+    backend: Arc<str>,
+    status: u16,
+    endpoint: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LatencyLabels {
-    model: String,
-    endpoint: String,
-    stream: String,
+    model: Arc<str>,
+    endpoint: &'static str,
+    stream: bool,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabel {
-    model: String,
+    model: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
-    kind: String,
+    kind: &'static str,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -86,6 +89,8 @@ pub struct Metrics {
     prompt_tokens: Family<ModelLabel, Counter>,
     completion_tokens: Family<ModelLabel, Counter>,
     rate_limited: Family<KindLabel, Counter>,
+    /// The `none` label value, shared.
+    none: Arc<str>,
 }
 
 impl Metrics {
@@ -137,6 +142,7 @@ impl Metrics {
             prompt_tokens,
             completion_tokens,
             rate_limited,
+            none: Arc::from("none"),
         }
     }
 
@@ -151,38 +157,31 @@ impl Metrics {
     }
 
     /// A request refused by a per-key limit (`rpm`, `tpm`).
-    pub fn rate_limited(&self, kind: &str) {
-        self.rate_limited
-            .get_or_create(&KindLabel {
-                kind: kind.to_owned(),
-            })
-            .inc();
+    pub fn rate_limited(&self, kind: &'static str) {
+        self.rate_limited.get_or_create(&KindLabel { kind }).inc();
     }
 }
 
 impl OutcomeSink for Metrics {
     fn record(&self, r: &RequestRecord) {
-        let model = match (&r.backend, &r.model) {
-            (Some(_), Some(m)) => m.clone(),
-            _ => "none".to_owned(),
+        let none = || Arc::clone(&self.none);
+        let model: Arc<str> = match (&r.backend, &r.model) {
+            (Some(_), Some(m)) => m.as_str().into(),
+            _ => none(),
         };
-        let endpoint = r.route.to_owned();
         self.requests
             .get_or_create(&RequestLabels {
                 model: model.clone(),
-                backend: r
-                    .backend
-                    .as_ref()
-                    .map_or_else(|| "none".to_owned(), |b| b.to_string()),
-                status: r.status.to_string(),
-                endpoint: endpoint.clone(),
+                backend: r.backend.as_ref().map_or_else(none, |b| b.0.clone()),
+                status: r.status,
+                endpoint: r.route,
             })
             .inc();
         self.duration
             .get_or_create(&LatencyLabels {
                 model: model.clone(),
-                endpoint,
-                stream: r.stream.to_string(),
+                endpoint: r.route,
+                stream: r.stream,
             })
             .observe(r.latency.as_secs_f64());
         let label = ModelLabel { model };

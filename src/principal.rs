@@ -138,10 +138,10 @@ impl Principal {
 
     /// Whose counters a request is charged to: the key for keys, the account for sessions
     /// (so opening more sessions gains nothing).
-    pub fn limit_subject(&self) -> String {
+    pub fn limit_subject(&self) -> std::borrow::Cow<'_, str> {
         match (self.kind, self.user_id) {
-            (CredentialKind::Session, Some(u)) => format!("user:{u}"),
-            _ => self.key_id.clone(),
+            (CredentialKind::Session, Some(u)) => format!("user:{u}").into(),
+            _ => self.key_id.as_str().into(),
         }
     }
 }

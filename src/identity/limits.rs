@@ -160,19 +160,50 @@ fn reset_secs(c: &Counter, k: usize, frac: f64) -> f64 {
 
 /// OpenAI's duration style: `20ms`, `1.5s`, `6m0s`.
 /// OpenAI's reset format: `20ms`, `1.5s`, `6m0s` (rounded up).
-fn fmt_duration(secs: f64) -> String {
+fn write_duration(out: &mut impl std::fmt::Write, secs: f64) -> std::fmt::Result {
     if secs < 1.0 {
-        format!("{}ms", (secs * 1000.0).ceil() as u64)
+        write!(out, "{}ms", (secs * 1000.0).ceil() as u64)
     } else if secs < 60.0 {
         let tenths = (secs * 10.0).ceil() as u64;
         match tenths % 10 {
-            0 => format!("{}s", tenths / 10),
-            t => format!("{}.{t}s", tenths / 10),
+            0 => write!(out, "{}s", tenths / 10),
+            t => write!(out, "{}.{t}s", tenths / 10),
         }
     } else {
         let total = secs.ceil() as u64;
-        format!("{}m{}s", total / 60, total % 60)
+        write!(out, "{}m{}s", total / 60, total % 60)
     }
+}
+
+/// A header value made with one allocation: `HeaderValue::from(u64)` and a `String` turned
+/// into one cost two or three.
+fn number_value(n: u64) -> HeaderValue {
+    HeaderValue::from_str(itoa::Buffer::new().format(n)).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// A fixed-size stack buffer to format a reset duration into.
+struct Small {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl std::fmt::Write for Small {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+fn duration_value(secs: f64) -> Option<HeaderValue> {
+    let mut s = Small {
+        buf: [0; 32],
+        len: 0,
+    };
+    write_duration(&mut s, secs).ok()?;
+    HeaderValue::from_bytes(&s.buf[..s.len]).ok()
 }
 
 fn now() -> (u64, f64) {
@@ -215,10 +246,19 @@ impl Inner {
                 }
             }
         }
-        let c = map.entry(subject.to_owned()).or_insert_with(|| Counter {
-            window: now_window,
-            ..Counter::default()
-        });
+        // Looked up before inserting: the entry API would copy the subject every request.
+        if !map.contains_key(subject) {
+            map.insert(
+                subject.to_owned(),
+                Counter {
+                    window: now_window,
+                    ..Counter::default()
+                },
+            );
+        }
+        let c = map
+            .get_mut(subject)
+            .expect("the counter was just looked up or inserted");
         c.roll(now_window);
         c
     }
@@ -316,13 +356,13 @@ impl RateLimiter {
 }
 
 fn headers(c: &Counter, rpm: Option<u32>, tpm: Option<u64>, frac: f64) -> LimitHeaders {
-    let mut h = Vec::new();
+    let mut h = Vec::with_capacity(6);
     let mut push = |names: [HeaderName; 3], limit: u64, i: usize| {
         let remaining = (limit as f64 - c.estimate(i, frac)).floor().max(0.0) as u64;
         let [l, r, reset] = names;
-        h.push((l, HeaderValue::from(limit)));
-        h.push((r, HeaderValue::from(remaining)));
-        if let Ok(v) = HeaderValue::try_from(fmt_duration(reset_secs(c, i, frac))) {
+        h.push((l, number_value(limit)));
+        h.push((r, number_value(remaining)));
+        if let Some(v) = duration_value(reset_secs(c, i, frac)) {
             h.push((reset, v));
         }
     };
@@ -512,9 +552,9 @@ mod tests {
         // Previous window full, current empty, half way: 5 + 1 > 5? wait for decay to 4.
         let w = wait_secs(10.0, 0.0, 5.0, 1.0, 0.5);
         assert!((w - 6.0).abs() < 1e-6, "{w}");
-        assert_eq!(fmt_duration(0.02), "20ms");
-        assert_eq!(fmt_duration(1.0), "1s");
-        assert_eq!(fmt_duration(1.45), "1.5s");
-        assert_eq!(fmt_duration(360.0), "6m0s");
+        assert_eq!(duration_value(0.02).expect("fits"), "20ms");
+        assert_eq!(duration_value(1.0).expect("fits"), "1s");
+        assert_eq!(duration_value(1.45).expect("fits"), "1.5s");
+        assert_eq!(duration_value(360.0).expect("fits"), "6m0s");
     }
 }

@@ -7,7 +7,9 @@
 //! line, 28% of a streamed event's instructions. Here line ends are found with `memchr`, and
 //! the common event (one `data: ` line and a blank line, LF endings, inside one chunk) is
 //! handed out as slices of the upstream chunk: its data without a copy, and its bytes as the
-//! frame the pump forwards unchanged, since re-framing it would give the same bytes.
+//! frame the pump forwards unchanged, since re-framing it would give the same bytes. Such a
+//! frame keeps its upstream read buffer alive only while it waits in the pump's bounded
+//! channel.
 //!
 //! Only `data` fields are kept: the pump uses nothing else, and vLLM sends no `event`, `id`
 //! or `retry`. A differential property test holds it to eventsource-stream's events at every
