@@ -160,18 +160,24 @@ fn reset_secs(c: &Counter, k: usize, frac: f64) -> f64 {
 
 /// OpenAI's duration style: `20ms`, `1.5s`, `6m0s`.
 /// OpenAI's reset format: `20ms`, `1.5s`, `6m0s` (rounded up).
-fn write_duration(out: &mut impl std::fmt::Write, secs: f64) -> std::fmt::Result {
+fn write_duration(out: &mut Small, secs: f64) -> Option<()> {
     if secs < 1.0 {
-        write!(out, "{}ms", (secs * 1000.0).ceil() as u64)
+        out.num((secs * 1000.0).ceil() as u64)?;
+        out.push("ms")
     } else if secs < 60.0 {
         let tenths = (secs * 10.0).ceil() as u64;
-        match tenths % 10 {
-            0 => write!(out, "{}s", tenths / 10),
-            t => write!(out, "{}.{t}s", tenths / 10),
+        out.num(tenths / 10)?;
+        if tenths % 10 != 0 {
+            out.push(".")?;
+            out.num(tenths % 10)?;
         }
+        out.push("s")
     } else {
         let total = secs.ceil() as u64;
-        write!(out, "{}m{}s", total / 60, total % 60)
+        out.num(total / 60)?;
+        out.push("m")?;
+        out.num(total % 60)?;
+        out.push("s")
     }
 }
 
@@ -183,26 +189,31 @@ fn number_value(n: u64) -> HeaderValue {
 
 /// A fixed-size stack buffer to format a reset duration into.
 struct Small {
-    buf: [u8; 32],
+    buf: [u8; 48],
     len: usize,
 }
 
-impl std::fmt::Write for Small {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+impl Small {
+    fn push(&mut self, s: &str) -> Option<()> {
         let end = self.len + s.len();
-        let dst = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
-        dst.copy_from_slice(s.as_bytes());
+        self.buf
+            .get_mut(self.len..end)?
+            .copy_from_slice(s.as_bytes());
         self.len = end;
-        Ok(())
+        Some(())
+    }
+
+    fn num(&mut self, n: u64) -> Option<()> {
+        self.push(itoa::Buffer::new().format(n))
     }
 }
 
 fn duration_value(secs: f64) -> Option<HeaderValue> {
     let mut s = Small {
-        buf: [0; 32],
+        buf: [0; 48],
         len: 0,
     };
-    write_duration(&mut s, secs).ok()?;
+    write_duration(&mut s, secs)?;
     HeaderValue::from_bytes(&s.buf[..s.len]).ok()
 }
 
