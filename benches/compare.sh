@@ -24,6 +24,7 @@
 #   QUICK=1     short runs (passed to run.sh); any other run.sh variable passes through
 #   PG          PostgreSQL for the governed run (default: host=127.0.0.1 port=5432 user=postgres)
 #   LLMMUX_BIN  the binary (default: target/release/llmmux, built if missing)
+#   LLMMUX_ENV  more settings for every LLMMux run (e.g. "AUDIT_ENABLED=false")
 #   FLOOR_BIN   streams: add the floor proxy (FLOOR_CLIENT=reqwest, the default, or hyper)
 # Each run prints run.sh's table; the raw results stay in run.sh's logs directory.
 set -euo pipefail
@@ -42,7 +43,7 @@ trap 'rm -rf "$WORK"' EXIT
 # logs at warn (the peers log no access lines either; nginx runs with access_log off).
 COMMON="HOST=127.0.0.1 PORT=\$BENCH_PORT BACKENDS=\$BENCH_MODEL=\$BENCH_BACKEND_URL \
 LOG_LEVEL=warn MAX_IN_FLIGHT_PER_SERVER=0 MAX_IN_FLIGHT=100000 \
-AUDIT_SPOOL_DIR=$WORK/spool AUDIT_JOURNAL_PATH=$WORK/audit.jsonl"
+AUDIT_SPOOL_DIR=$WORK/spool AUDIT_JOURNAL_PATH=$WORK/audit.jsonl ${LLMMUX_ENV:-}"
 
 run_plain() {
   echo "== plain: static key, audit to the local journal"
