@@ -660,19 +660,13 @@ fn stored_request(n: u32, ts_us: i64) -> llmmux::audit::record::AuditRecord {
     })
 }
 
-/// A batch written again (its first write committed but the answer was lost, or a spooled
-/// batch replayed) fails the plain insert and goes again skipping the rows already there:
-/// every record once, the new ones included, and no error for the writer to retry forever.
-#[tokio::test]
-async fn a_batch_written_twice_stores_each_record_once() {
-    use llmmux::audit::pg::PgAudit;
-    use llmmux::audit::record::{ActivityEntry, AuditRecord};
+/// The audit store of a migrated test database.
+async fn pg_audit(db: &TestDb) -> llmmux::audit::pg::PgAudit {
     use llmmux::storage::{Db, DbSettings};
-    let db = TestDb::create().await;
     llmmux::storage::migrate::migrate(&db.url())
         .await
         .expect("migrations apply");
-    let pg = PgAudit::new(
+    llmmux::audit::pg::PgAudit::new(
         Db::new(&DbSettings {
             url: llmmux::config::Secret::new(db.url()),
             pool_size: 2,
@@ -681,7 +675,135 @@ async fn a_batch_written_twice_stores_each_record_once() {
         })
         .expect("pool"),
         30,
-    );
+    )
+}
+
+/// Every column of both tables reads back as written by the binary COPY: text with
+/// multibyte characters, every optional value both set and absent, counts past what the
+/// columns hold clamped, and JSON detail.
+#[tokio::test]
+async fn records_read_back_column_for_column() {
+    use llmmux::audit::record::{ActivityEntry, AuditRecord, RequestEntry};
+    let db = TestDb::create().await;
+    let pg = pg_audit(&db).await;
+    let now = llmmux::audit::record::micros(std::time::SystemTime::now());
+    let user = uuid::Uuid::from_u128(0xabc);
+    let full = RequestEntry {
+        id: uuid::Uuid::from_u128(7),
+        ts_us: now,
+        request_id: "req-ü-7".into(),
+        user_id: Some(user),
+        key_id: Some("key-1".into()),
+        client_addr: "[::1]:443".into(),
+        method: "POST".into(),
+        endpoint: "/v1/completions".into(),
+        model: Some("qwen/Qwen3 – 8B".into()),
+        backend: Some("gpu-3".into()),
+        stream: true,
+        status: 502,
+        error_type: Some("upstream_error".into()),
+        attempts: u32::MAX,
+        latency_ms: 12.625,
+        ttft_ms: Some(0.5),
+        prompt_tokens: Some(u64::MAX),
+        completion_tokens: Some(9),
+        request_body: Some("{\"q\":\"日本\"}".into()),
+        response_body: Some(String::new()),
+    };
+    let bare = RequestEntry {
+        id: uuid::Uuid::from_u128(8),
+        user_id: None,
+        key_id: None,
+        model: None,
+        backend: None,
+        error_type: None,
+        ttft_ms: None,
+        prompt_tokens: None,
+        completion_tokens: None,
+        request_body: None,
+        response_body: None,
+        ..full.clone()
+    };
+    let mut act = ActivityEntry::new("key.create", "denied");
+    act.actor_user_id = Some(user);
+    act.target = Some("key-1".into());
+    act.detail = serde_json::json!({"rpm_limit": 10, "models": ["a", "b"]});
+    pg.store(&[
+        AuditRecord::Request(full.clone()),
+        AuditRecord::Request(bare.clone()),
+        AuditRecord::Activity(act.clone()),
+    ])
+    .await
+    .expect("write");
+    let c = db.client().await;
+    let rows = c
+        .query(
+            "SELECT id, (extract(epoch FROM ts) * 1000000)::int8, request_id, user_id, key_id, \
+             client_addr, method, endpoint, model, backend, stream, status, error_type, attempts, \
+             latency_ms, ttft_ms, prompt_tokens, completion_tokens, request_body, response_body \
+             FROM audit_requests ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("read requests");
+    assert_eq!(rows.len(), 2);
+    for (row, want) in rows.iter().zip([&full, &bare]) {
+        let got = RequestEntry {
+            id: row.get(0),
+            ts_us: row.get(1),
+            request_id: row.get(2),
+            user_id: row.get(3),
+            key_id: row.get(4),
+            client_addr: row.get(5),
+            method: row.get(6),
+            endpoint: row.get(7),
+            model: row.get(8),
+            backend: row.get(9),
+            stream: row.get(10),
+            status: u16::try_from(row.get::<_, i32>(11)).expect("status"),
+            error_type: row.get(12),
+            attempts: u32::try_from(row.get::<_, i32>(13)).expect("attempts"),
+            latency_ms: row.get(14),
+            ttft_ms: row.get(15),
+            prompt_tokens: row.get::<_, Option<i64>>(16).map(|n| n as u64),
+            completion_tokens: row.get::<_, Option<i64>>(17).map(|n| n as u64),
+            request_body: row.get(18),
+            response_body: row.get(19),
+        };
+        let clamped = RequestEntry {
+            attempts: i32::MAX as u32,
+            prompt_tokens: want.prompt_tokens.map(|n| n.min(i64::MAX as u64)),
+            ..(*want).clone()
+        };
+        assert_eq!(got, clamped);
+    }
+    let row = c
+        .query_one(
+            "SELECT id, action, outcome, actor_user_id, actor_key_id, target, client_addr, \
+             request_id, detail FROM audit_activity",
+            &[],
+        )
+        .await
+        .expect("read activity");
+    assert_eq!(row.get::<_, uuid::Uuid>(0), act.id);
+    assert_eq!(row.get::<_, String>(1), act.action);
+    assert_eq!(row.get::<_, String>(2), act.outcome);
+    assert_eq!(row.get::<_, Option<uuid::Uuid>>(3), act.actor_user_id);
+    assert_eq!(row.get::<_, Option<String>>(4), None);
+    assert_eq!(row.get::<_, Option<String>>(5), act.target);
+    assert_eq!(row.get::<_, Option<String>>(6), None);
+    assert_eq!(row.get::<_, Option<String>>(7), None);
+    assert_eq!(row.get::<_, serde_json::Value>(8), act.detail);
+}
+
+/// A batch written again (its first write committed but the answer was lost, or a spooled
+/// batch replayed) fails the COPY and goes again skipping the rows already there:
+/// every record once, the new ones included, and no error for the writer to retry forever.
+#[tokio::test]
+async fn a_batch_written_twice_stores_each_record_once() {
+    use llmmux::audit::record::{ActivityEntry, AuditRecord};
+    let db = TestDb::create().await;
+    let pg = pg_audit(&db).await;
     let now = llmmux::audit::record::micros(std::time::SystemTime::now());
     let activity = AuditRecord::Activity(ActivityEntry::new("key.create", "success"));
     let first: Vec<AuditRecord> = (0..3)

@@ -1,13 +1,16 @@
-//! The audit log in PostgreSQL: batched multi-row inserts (one `INSERT ... SELECT FROM
-//! UNNEST` per table per batch) into monthly partitions, created ahead of the records that
-//! need them and dropped whole past the retention period.
+//! The audit log in PostgreSQL: batches written with one binary `COPY` per table (or, when
+//! the batch repeats rows already stored, one `INSERT ... SELECT FROM UNNEST ... ON CONFLICT
+//! DO NOTHING`) into monthly partitions, created ahead of the records that need them and
+//! dropped whole past the retention period.
 
 use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde_json::Value;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -121,29 +124,34 @@ impl PgAudit {
                 AuditRecord::Activity(a) => acts.push(a),
             }
         }
-        // A plain insert costs PostgreSQL less per row than one with `ON CONFLICT` (7.2 vs
-        // 8.3 µs measured, time-ordered ids); a batch repeats rows only when an earlier write
-        // of it committed but its answer was lost (or a spooled batch is replayed), and then
-        // it goes again, skipping them.
-        match self.insert(&reqs, &acts, OnConflict::Fail).await {
-            Err(e) if e.is_unique_violation() => self.insert(&reqs, &acts, OnConflict::Skip).await,
+        // Binary COPY costs PostgreSQL the least per row (8.6–9.6 µs of its CPU against
+        // 10.5–11 µs for `INSERT ... SELECT FROM UNNEST`, measured with every index of the
+        // table); it cannot skip rows already stored, which a batch repeats only when an
+        // earlier write of it committed but its answer was lost (or a spooled batch is
+        // replayed). Then the batch goes again as inserts that skip them.
+        match self.write(&reqs, &acts, Write::Copy).await {
+            Err(e) if e.is_unique_violation() => self.write(&reqs, &acts, Write::SkipStored).await,
             r => r,
         }
     }
 
-    async fn insert(
+    async fn write(
         &self,
         reqs: &[&RequestEntry],
         acts: &[&ActivityEntry],
-        conflict: OnConflict,
+        how: Write,
     ) -> Result<(), StorageError> {
         let mut client = self.db.client().await?;
         let tx = client.transaction().await?;
-        if !reqs.is_empty() {
-            insert_requests(&tx, reqs, conflict).await?;
-        }
-        if !acts.is_empty() {
-            insert_activity(&tx, acts, conflict).await?;
+        match how {
+            Write::Copy => {
+                copy_requests(&tx, reqs).await?;
+                copy_activity(&tx, acts).await?;
+            }
+            Write::SkipStored => {
+                insert_requests(&tx, reqs).await?;
+                insert_activity(&tx, acts).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -383,27 +391,152 @@ fn activity_row(r: &Row) -> ActivityEntry {
     }
 }
 
-/// What an insert does with a row whose id and time are already stored.
+/// How a batch is written.
 #[derive(Debug, Clone, Copy)]
-enum OnConflict {
-    Fail,
-    Skip,
+enum Write {
+    /// `COPY ... FROM STDIN (FORMAT binary)`: fails on a row already stored.
+    Copy,
+    /// `INSERT ... ON CONFLICT DO NOTHING`: skips rows already stored.
+    SkipStored,
 }
 
-impl OnConflict {
-    fn clause(self) -> &'static str {
-        match self {
-            OnConflict::Fail => "",
-            OnConflict::Skip => " ON CONFLICT DO NOTHING",
-        }
+const REQUEST_COLUMNS: &str = "id, ts, request_id, user_id, key_id, client_addr, method, \
+     endpoint, model, backend, stream, status, error_type, attempts, latency_ms, ttft_ms, \
+     prompt_tokens, completion_tokens, request_body, response_body";
+
+const ACTIVITY_COLUMNS: &str =
+    "id, ts, action, outcome, actor_user_id, actor_key_id, target, client_addr, request_id, detail";
+
+fn int4(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn int8(n: Option<u64>) -> Option<i64> {
+    n.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// `COPY table (columns) FROM STDIN` in the binary format: write each row, then `finish`.
+async fn copy_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    columns: &str,
+    types: &[Type],
+) -> Result<Pin<Box<BinaryCopyInWriter>>, StorageError> {
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
+        ))
+        .await?;
+    Ok(Box::pin(BinaryCopyInWriter::new(sink, types)))
+}
+
+async fn copy_requests(
+    tx: &tokio_postgres::Transaction<'_>,
+    rows: &[&RequestEntry],
+) -> Result<(), StorageError> {
+    if rows.is_empty() {
+        return Ok(());
     }
+    const TYPES: [Type; 20] = [
+        Type::UUID,
+        Type::TIMESTAMPTZ,
+        Type::TEXT,
+        Type::UUID,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::BOOL,
+        Type::INT4,
+        Type::TEXT,
+        Type::INT4,
+        Type::FLOAT8,
+        Type::FLOAT8,
+        Type::INT8,
+        Type::INT8,
+        Type::TEXT,
+        Type::TEXT,
+    ];
+    let mut w = copy_in(tx, "audit_requests", REQUEST_COLUMNS, &TYPES).await?;
+    for r in rows {
+        w.as_mut()
+            .write(&[
+                &r.id,
+                &ts(r.ts_us),
+                &r.request_id,
+                &r.user_id,
+                &r.key_id,
+                &r.client_addr,
+                &r.method,
+                &r.endpoint,
+                &r.model,
+                &r.backend,
+                &r.stream,
+                &i32::from(r.status),
+                &r.error_type,
+                &int4(r.attempts),
+                &r.latency_ms,
+                &r.ttft_ms,
+                &int8(r.prompt_tokens),
+                &int8(r.completion_tokens),
+                &r.request_body,
+                &r.response_body,
+            ])
+            .await?;
+    }
+    w.as_mut().finish().await?;
+    Ok(())
+}
+
+async fn copy_activity(
+    tx: &tokio_postgres::Transaction<'_>,
+    rows: &[&ActivityEntry],
+) -> Result<(), StorageError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    const TYPES: [Type; 10] = [
+        Type::UUID,
+        Type::TIMESTAMPTZ,
+        Type::TEXT,
+        Type::TEXT,
+        Type::UUID,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::JSONB,
+    ];
+    let mut w = copy_in(tx, "audit_activity", ACTIVITY_COLUMNS, &TYPES).await?;
+    for r in rows {
+        w.as_mut()
+            .write(&[
+                &r.id,
+                &ts(r.ts_us),
+                &r.action,
+                &r.outcome,
+                &r.actor_user_id,
+                &r.actor_key_id,
+                &r.target,
+                &r.client_addr,
+                &r.request_id,
+                &r.detail,
+            ])
+            .await?;
+    }
+    w.as_mut().finish().await?;
+    Ok(())
 }
 
 async fn insert_requests(
     tx: &tokio_postgres::Transaction<'_>,
     rows: &[&RequestEntry],
-    conflict: OnConflict,
 ) -> Result<(), StorageError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     // Columns borrow from the records: no copy of any text per row.
     let text = |f: fn(&RequestEntry) -> &str| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
     let opt = |f: fn(&RequestEntry) -> Option<&str>| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
@@ -412,24 +545,17 @@ async fn insert_requests(
     let users: Vec<Option<Uuid>> = rows.iter().map(|r| r.user_id).collect();
     let streams: Vec<bool> = rows.iter().map(|r| r.stream).collect();
     let statuses: Vec<i32> = rows.iter().map(|r| i32::from(r.status)).collect();
-    let attempts: Vec<i32> = rows
-        .iter()
-        .map(|r| i32::try_from(r.attempts).unwrap_or(i32::MAX))
-        .collect();
+    let attempts: Vec<i32> = rows.iter().map(|r| int4(r.attempts)).collect();
     let latency: Vec<f64> = rows.iter().map(|r| r.latency_ms).collect();
     let ttft: Vec<Option<f64>> = rows.iter().map(|r| r.ttft_ms).collect();
-    let tok = |n: Option<u64>| n.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
-    let prompt: Vec<Option<i64>> = rows.iter().map(|r| tok(r.prompt_tokens)).collect();
-    let completion: Vec<Option<i64>> = rows.iter().map(|r| tok(r.completion_tokens)).collect();
+    let prompt: Vec<Option<i64>> = rows.iter().map(|r| int8(r.prompt_tokens)).collect();
+    let completion: Vec<Option<i64>> = rows.iter().map(|r| int8(r.completion_tokens)).collect();
     let sql = format!(
-        "INSERT INTO audit_requests (id, ts, request_id, user_id, key_id, client_addr, method, \
-         endpoint, model, backend, stream, status, error_type, attempts, latency_ms, ttft_ms, \
-         prompt_tokens, completion_tokens, request_body, response_body) \
+        "INSERT INTO audit_requests ({REQUEST_COLUMNS}) \
          SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::uuid[], $5::text[], \
          $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bool[], $12::int4[], \
          $13::text[], $14::int4[], $15::float8[], $16::float8[], $17::int8[], $18::int8[], \
-         $19::text[], $20::text[]){}",
-        conflict.clause()
+         $19::text[], $20::text[]) ON CONFLICT DO NOTHING"
     );
     tx.execute(
         &sql,
@@ -463,8 +589,10 @@ async fn insert_requests(
 async fn insert_activity(
     tx: &tokio_postgres::Transaction<'_>,
     rows: &[&ActivityEntry],
-    conflict: OnConflict,
 ) -> Result<(), StorageError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     let opt = |f: fn(&ActivityEntry) -> Option<&str>| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let tss: Vec<DateTime<Utc>> = rows.iter().map(|r| ts(r.ts_us)).collect();
@@ -473,11 +601,9 @@ async fn insert_activity(
     let users: Vec<Option<Uuid>> = rows.iter().map(|r| r.actor_user_id).collect();
     let details: Vec<&Value> = rows.iter().map(|r| &r.detail).collect();
     let sql = format!(
-        "INSERT INTO audit_activity (id, ts, action, outcome, actor_user_id, actor_key_id, target, \
-         client_addr, request_id, detail) \
+        "INSERT INTO audit_activity ({ACTIVITY_COLUMNS}) \
          SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::uuid[], \
-         $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[]){}",
-        conflict.clause()
+         $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[]) ON CONFLICT DO NOTHING"
     );
     tx.execute(
         &sql,
