@@ -1,14 +1,19 @@
-//! Response bodies: a full body, a stream fed by a bounded channel from a pump task, and
+//! Response bodies: a full body, a stream fed by the pump it runs, and
 //! the wrapper that ties every response to its request's outcome record.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http_body::{Frame, SizeHint};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use tokio::sync::mpsc;
+use sync_wrapper::SyncWrapper;
 
 use crate::http::conn::RequestGuard;
 use crate::outcome::Outcome;
@@ -23,18 +28,115 @@ pub fn empty() -> Body {
     full(Bytes::new())
 }
 
-/// Streams what the pump sends; ends when the pump drops its sender.
-pub struct ChannelBody {
-    rx: mpsc::Receiver<Bytes>,
+/// The pump's side of its frame queue. The pump and the body that drains the queue run in
+/// the same task (the body polls the pump), so a frame needs no wake-up to be seen; only a
+/// pump waiting for room is woken, when the client took a frame.
+pub struct Frames(Arc<Mutex<Queue>>);
+
+struct Queue {
+    frames: VecDeque<Bytes>,
+    capacity: usize,
+    /// The pump, waiting for room.
+    room: Option<Waker>,
 }
 
-impl ChannelBody {
-    pub fn boxed_body(rx: mpsc::Receiver<Bytes>) -> Body {
-        ChannelBody { rx }.boxed()
+/// A queue of at most `capacity` frames from a pump to its [`PumpBody`].
+pub fn frames(capacity: usize) -> (Frames, FrameQueue) {
+    let q = Arc::new(Mutex::new(Queue {
+        frames: VecDeque::with_capacity(capacity),
+        capacity: capacity.max(1),
+        room: None,
+    }));
+    (Frames(q.clone()), FrameQueue(q))
+}
+
+fn lock(q: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
+    q.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Frames {
+    /// Queues a frame once there is room.
+    pub async fn send(&self, frame: Bytes) {
+        let mut frame = Some(frame);
+        std::future::poll_fn(|cx| {
+            let mut q = lock(&self.0);
+            if q.frames.len() < q.capacity {
+                if let Some(f) = frame.take() {
+                    q.frames.push_back(f);
+                }
+                Poll::Ready(())
+            } else {
+                q.room = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
     }
 }
 
-impl http_body::Body for ChannelBody {
+/// The body's side of a pump's frame queue.
+pub struct FrameQueue(Arc<Mutex<Queue>>);
+
+impl FrameQueue {
+    fn pop(&self) -> Option<Bytes> {
+        let mut q = lock(&self.0);
+        let f = q.frames.pop_front();
+        if f.is_some() {
+            if let Some(w) = q.room.take() {
+                w.wake();
+            }
+        }
+        f
+    }
+}
+
+/// Set when something the pump waits on fired: the body polls the pump only then, not on
+/// each of the client connection's polls.
+struct PumpWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for PumpWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// A streaming response: runs its pump (a future that fills a [`FrameQueue`]) and streams
+/// the frames, ending when the pump has ended and its frames are out. The pump is polled
+/// here, in the client connection's task, so an upstream event reaches the client without
+/// waking a task of its own; dropping the body (the client left) drops the pump with it.
+pub struct PumpBody {
+    /// Only ever polled through `&mut`, so it need not be `Sync` itself.
+    pump: Option<SyncWrapper<Pin<Box<dyn Future<Output = ()> + Send>>>>,
+    queue: FrameQueue,
+    wake: Arc<PumpWake>,
+    waker: Waker,
+}
+
+impl PumpBody {
+    pub fn boxed_body(pump: Pin<Box<dyn Future<Output = ()> + Send>>, queue: FrameQueue) -> Body {
+        let wake = Arc::new(PumpWake {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        PumpBody {
+            pump: Some(SyncWrapper::new(pump)),
+            queue,
+            waker: Waker::from(wake.clone()),
+            wake,
+        }
+        .boxed()
+    }
+}
+
+impl http_body::Body for PumpBody {
     type Data = Bytes;
     type Error = Infallible;
 
@@ -42,10 +144,31 @@ impl http_body::Body for ChannelBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.get_mut()
-            .rx
-            .poll_recv(cx)
-            .map(|o| o.map(|b| Ok(Frame::data(b))))
+        let this = self.get_mut();
+        if let Some(f) = this.queue.pop() {
+            return Poll::Ready(Some(Ok(Frame::data(f))));
+        }
+        let Some(pump) = &mut this.pump else {
+            return Poll::Ready(None);
+        };
+        this.wake.task.register(cx.waker());
+        if this.wake.woken.swap(false, Ordering::AcqRel) {
+            let done = pump
+                .get_mut()
+                .as_mut()
+                .poll(&mut Context::from_waker(&this.waker))
+                .is_ready();
+            if done {
+                this.pump = None;
+            }
+            if let Some(f) = this.queue.pop() {
+                return Poll::Ready(Some(Ok(Frame::data(f))));
+            }
+            if this.pump.is_none() {
+                return Poll::Ready(None);
+            }
+        }
+        Poll::Pending
     }
 }
 

@@ -1,10 +1,14 @@
 //! Per-request stream actors and their sharded supervisors.
 //!
-//! A [`StreamActor`] owns one streaming response: it starts the pump task (upstream body →
-//! transformed SSE frames → bounded channel → client) and receives control events from it.
-//! Response bytes never pass through the mailbox. The actor's state holds a cancel-on-drop
-//! guard, so if the actor dies for any reason (panic included) the pump is told at once and
-//! ends its stream with an SSE error event instead of hanging.
+//! A [`StreamActor`] owns the control of one streaming response: its cancellation and its
+//! mailbox (cancel, fault injection). The pump itself (upstream body → transformed SSE
+//! frames → client) runs inside the client's response body, polled by the client
+//! connection's own task, so a streamed event wakes no task of its own; response bytes
+//! never pass through the mailbox. The actor's state holds a cancel-on-drop guard, so if the
+//! actor dies for any reason (panic included) the pump is told at once and ends its stream
+//! with an SSE error event instead of hanging. The pump's [`PumpCtx`] tells the actor when
+//! the stream ended, however it ended (dropping it is enough: a client that leaves drops
+//! the body, and the pump with it).
 //!
 //! Stream actors are temporary: their supervisor never restarts them.
 
@@ -14,19 +18,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, Superv
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::warn;
 
-use crate::ports::BoxFuture;
 use crate::slot::Slot;
 
-/// What a pump reports to its actor. Timings, usage and the way the stream ended go into
-/// the request's outcome record, not through the mailbox.
-#[derive(Debug)]
-pub enum PumpEvent {
-    /// The stream ended.
-    Finished,
-}
-
 pub enum StreamMsg {
-    Pump(PumpEvent),
+    /// The stream ended (its pump's context was dropped).
+    Finished,
     /// End the stream early (shutdown, admin); the client gets an SSE error event.
     Cancel(String),
     /// Fault injection for supervision tests and the chaos suite.
@@ -34,17 +30,22 @@ pub enum StreamMsg {
     Crash,
 }
 
-/// Given to the pump: cancellation and the way back to its actor.
+/// Held by the pump: its cancellation, and the way back to its actor. Dropping it tells the
+/// actor the stream ended.
 pub struct PumpCtx {
     pub cancel: CancellationToken,
-    pub events: ActorRef<StreamMsg>,
+    actor: ActorRef<StreamMsg>,
 }
 
-pub type PumpFn = Box<dyn FnOnce(PumpCtx) -> BoxFuture<'static, ()> + Send>;
+impl Drop for PumpCtx {
+    fn drop(&mut self) {
+        let _ = self.actor.cast(StreamMsg::Finished);
+    }
+}
 
 pub struct StreamJob {
-    pub request_id: String,
-    pub pump: PumpFn,
+    request_id: String,
+    cancel: CancellationToken,
 }
 
 pub struct StreamActor;
@@ -62,19 +63,13 @@ impl Actor for StreamActor {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<StreamMsg>,
+        _myself: ActorRef<StreamMsg>,
         job: StreamJob,
     ) -> Result<StreamState, ActorProcessingErr> {
-        let cancel = CancellationToken::new();
-        let ctx = PumpCtx {
-            cancel: cancel.clone(),
-            events: myself,
-        };
-        tokio::spawn((job.pump)(ctx));
         Ok(StreamState {
             request_id: job.request_id,
-            _cancel_on_drop: cancel.clone().drop_guard(),
-            cancel,
+            _cancel_on_drop: job.cancel.clone().drop_guard(),
+            cancel: job.cancel,
         })
     }
 
@@ -85,7 +80,7 @@ impl Actor for StreamActor {
         state: &mut StreamState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            StreamMsg::Pump(PumpEvent::Finished) => myself.stop(None),
+            StreamMsg::Finished => myself.stop(None),
             StreamMsg::Cancel(reason) => {
                 warn!(request_id = %state.request_id, %reason, "stream cancelled");
                 state.cancel.cancel();
@@ -177,18 +172,24 @@ impl StreamSpawner {
         }
     }
 
-    /// Start the actor for one stream. Falls back to an unsupervised actor if every shard
-    /// supervisor is restarting, so no request fails for that reason.
-    pub async fn spawn(&self, job: StreamJob) -> Result<ActorRef<StreamMsg>, SpawnErr> {
+    /// Start the actor for one stream; the context is for its pump. Falls back to an
+    /// unsupervised actor if every shard supervisor is restarting, so no request fails for
+    /// that reason.
+    pub async fn spawn(&self, request_id: String) -> Result<PumpCtx, SpawnErr> {
         let n = self.shards.len().max(1);
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let supervisor =
             (0..n).find_map(|i| self.shards.get((start + i) % n).and_then(|s| s.get()));
+        let cancel = CancellationToken::new();
+        let job = StreamJob {
+            request_id,
+            cancel: cancel.clone(),
+        };
         let (actor, _) = match supervisor {
             Some(sup) => Actor::spawn_linked(None, StreamActor, job, sup.get_cell()).await?,
             None => Actor::spawn(None, StreamActor, job).await?,
         };
-        Ok(actor)
+        Ok(PumpCtx { cancel, actor })
     }
 
     /// Live stream actors across shards (supervised ones only).

@@ -1,10 +1,14 @@
-//! Streaming relay. The pump task (owned by a per-request stream actor) reads the upstream
+//! Streaming relay. The pump (controlled by a per-request stream actor) reads the upstream
 //! body, parses SSE, drops the usage chunk the client did not ask for, repairs tool calls,
-//! and writes frames to a bounded channel that the client's response body drains. A slow
-//! client therefore slows the pump (backpressure) instead of growing memory.
+//! and queues frames (a bounded queue). It runs inside the client's response body
+//! ([`PumpBody`]), which drains the queue: the client connection's task drives both, so
+//! an event costs no task wake of its own, and a slow client slows the pump (backpressure)
+//! instead of growing memory. A client that leaves drops the body, and the pump with it
+//! (recorded as `client_gone`; the upstream request is dropped, which cancels it).
 //!
 //! The pump owns the server's in-flight slot and the gateway's concurrency permit: both are
-//! released when the upstream side is done, not when a slow client finishes reading.
+//! released when the upstream side is done (up to the queue's frames ahead of the
+//! client), not when a slow client finishes reading.
 //!
 //! Before the first upstream event the server's liveness decides how long to wait (bounded
 //! by the request deadline), and the client gets an SSE comment every
@@ -29,8 +33,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::{header, HeaderValue, Response, StatusCode};
 use llmmux_actors::backend::{BackendHandle, Observed};
-use llmmux_actors::stream::{PumpCtx, PumpEvent, StreamJob, StreamMsg};
-use tokio::sync::mpsc;
+use llmmux_actors::stream::PumpCtx;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{warn, Instrument};
@@ -38,14 +41,14 @@ use tracing::{warn, Instrument};
 use super::sse::SseEvents;
 use super::sse_guard::{SseGuard, SseGuardError};
 use super::{Endpoint, Proxy, StreamGuards};
-use crate::body::{Body, ChannelBody};
+use crate::body::{frames, Body, Frames, PumpBody};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::outcome::Outcome;
 use crate::toolcall::{Emit, Family, RequestTools, StreamRepair};
 
 /// Frames buffered between pump and client.
-const CHANNEL_FRAMES: usize = 32;
+const QUEUE_FRAMES: usize = 32;
 /// How long a terminal error event may wait for a slow client.
 const ERROR_WAIT: Duration = Duration::from_secs(5);
 /// Shorter when cancelled: shutdown or a dead stream actor must not linger.
@@ -70,7 +73,7 @@ pub async fn start_stream(
     first: Option<Bytes>,
     guards: StreamGuards,
 ) -> Result<Response<Body>, GatewayError> {
-    let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_FRAMES);
+    let (out, queue) = frames(QUEUE_FRAMES);
     let backend = guards.0.backend().clone();
     let content_type = resp
         .headers()
@@ -91,7 +94,7 @@ pub async fn start_stream(
         )
     });
     let pump = Pump {
-        tx,
+        out,
         _guards: guards,
         dead: backend.liveness(),
         backend,
@@ -116,31 +119,27 @@ pub async fn start_stream(
         repair,
         outcome: relay.outcome,
         content_chunks: 0,
+        ended: false,
     };
     let sse = relay.ep.reports_usage();
-    let span = tracing::Span::current();
-    let job = StreamJob {
-        request_id: pump.outcome.id(),
-        pump: Box::new(move |ctx: PumpCtx| {
-            Box::pin(
-                async move {
-                    let events = ctx.events.clone();
-                    if sse {
-                        pump.run_sse(upstream, &ctx).await;
-                    } else {
-                        pump.run_raw(upstream, &ctx).await;
-                    }
-                    let _ = events.cast(StreamMsg::Pump(PumpEvent::Finished));
-                }
-                .instrument(span),
-            )
-        }),
+    let ctx = match proxy.streams.spawn(pump.outcome.id()).await {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            warn!(error = %e, "could not start a stream actor");
+            return Err(GatewayError::Internal);
+        }
     };
-    if let Err(e) = proxy.streams.spawn(job).await {
-        warn!(error = %e, "could not start a stream actor");
-        return Err(GatewayError::Internal);
-    }
-    let mut resp = Response::new(ChannelBody::boxed_body(rx));
+    let run = async move {
+        if sse {
+            pump.run_sse(upstream, &ctx).await;
+        } else {
+            pump.run_raw(upstream, &ctx).await;
+        }
+    };
+    let mut resp = Response::new(PumpBody::boxed_body(
+        Box::pin(run.instrument(tracing::Span::current())),
+        queue,
+    ));
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, content_type);
@@ -150,7 +149,7 @@ pub async fn start_stream(
 }
 
 struct Pump {
-    tx: mpsc::Sender<Bytes>,
+    out: Frames,
     /// Released when the pump ends.
     _guards: StreamGuards,
     backend: Arc<BackendHandle>,
@@ -176,6 +175,23 @@ struct Pump {
     /// Chunks with generated content: the completion-token estimate of a stream cut short
     /// before vLLM's usage chunk (vLLM sends one token per chunk).
     content_chunks: u64,
+    /// The pump ran to its end; dropped before that, its client left (the response body,
+    /// and the pump in it, was dropped).
+    ended: bool,
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.outcome.fail("client_gone");
+        }
+        if self.content_chunks > 0 {
+            let estimate = self.content_chunks;
+            self.outcome.update(|r| {
+                r.completion_tokens.get_or_insert(estimate);
+            });
+        }
+    }
 }
 
 /// How reading the upstream failed: the client's error event and the outcome's reason.
@@ -201,7 +217,6 @@ enum Step<T> {
     KeepAlive,
     End,
     Failed(GatewayError, &'static str),
-    ClientGone,
     Cancelled,
 }
 
@@ -258,7 +273,6 @@ impl Pump {
             return tokio::select! {
                 biased;
                 _ = ctx.cancel.cancelled() => Step::Cancelled,
-                _ = self.tx.closed() => Step::ClientGone,
                 // A server found dead ends a stream still waiting for its first event; once
                 // events flow, the stream itself proves the server alive (a slow health
                 // probe must not cut it) and the idle timeout covers a stall.
@@ -293,13 +307,15 @@ impl Pump {
         }
     }
 
+    /// False when the stream was cancelled first. (The queue's reader is the response body
+    /// the pump runs in, so it is never gone while the pump runs.)
     async fn send(&mut self, bytes: Bytes, ctx: &PumpCtx) -> bool {
         tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => false,
-            r = self.tx.send(bytes) => {
+            () = self.out.send(bytes) => {
                 self.last_sent = Instant::now();
-                r.is_ok()
+                true
             }
         }
     }
@@ -360,13 +376,13 @@ impl Pump {
                         }
                     };
                     if !ok {
-                        self.send_failed(ctx).await;
+                        self.cancelled().await;
                         break;
                     }
                 }
                 Step::KeepAlive => {
                     if !self.send(Bytes::from_static(KEEPALIVE), ctx).await {
-                        self.send_failed(ctx).await;
+                        self.cancelled().await;
                         break;
                     }
                 }
@@ -379,22 +395,13 @@ impl Pump {
                     self.upstream_failed(why, e).await;
                     break;
                 }
-                Step::ClientGone => {
-                    self.outcome.fail("client_gone");
-                    break;
-                }
                 Step::Cancelled => {
                     self.cancelled().await;
                     break;
                 }
             }
         }
-        if self.content_chunks > 0 {
-            let estimate = self.content_chunks;
-            self.outcome.update(|r| {
-                r.completion_tokens.get_or_insert(estimate);
-            });
-        }
+        self.ended = true;
     }
 
     async fn run_raw<S>(mut self, upstream: S, ctx: &PumpCtx)
@@ -406,14 +413,14 @@ impl Pump {
             match self.next(&mut upstream, ctx).await {
                 Step::Item(b) => {
                     if !self.send(b, ctx).await {
-                        self.send_failed(ctx).await;
+                        self.cancelled().await;
                         break;
                     }
                 }
                 // Raw bytes are not framed here: a comment is safe only before the first.
                 Step::KeepAlive if !self.started => {
                     if !self.send(Bytes::from_static(KEEPALIVE), ctx).await {
-                        self.send_failed(ctx).await;
+                        self.cancelled().await;
                         break;
                     }
                 }
@@ -426,16 +433,13 @@ impl Pump {
                     self.upstream_failed(why, e).await;
                     break;
                 }
-                Step::ClientGone => {
-                    self.outcome.fail("client_gone");
-                    break;
-                }
                 Step::Cancelled => {
                     self.cancelled().await;
                     break;
                 }
             }
         }
+        self.ended = true;
     }
 
     /// A normal end (`[DONE]`): decide the tool-call text still held.
@@ -459,15 +463,6 @@ impl Pump {
         self.terminal(e, ERROR_WAIT).await;
     }
 
-    /// A send failed: either the client went away or the stream was cancelled meanwhile.
-    async fn send_failed(&mut self, ctx: &PumpCtx) {
-        if ctx.cancel.is_cancelled() {
-            self.cancelled().await;
-        } else {
-            self.outcome.fail("client_gone");
-        }
-    }
-
     async fn cancelled(&mut self) {
         self.outcome.fail("cancelled");
         self.terminal(GatewayError::StreamCancelled, CANCEL_WAIT)
@@ -477,7 +472,7 @@ impl Pump {
     /// Send the terminal error event (then the stream closes). A slow client gets at most
     /// `wait` to take it; the upstream is dropped either way.
     async fn terminal(&mut self, e: GatewayError, wait: Duration) {
-        let _ = tokio::time::timeout(wait, self.tx.send(e.sse_terminal())).await;
+        let _ = tokio::time::timeout(wait, self.out.send(e.sse_terminal())).await;
     }
 }
 
