@@ -4,7 +4,7 @@
 //! mailbox (cancel, fault injection). The pump itself (upstream body → transformed SSE
 //! frames → client) runs inside the client's response body, polled by the client
 //! connection's own task, so a streamed event wakes no task of its own; response bytes
-//! never pass through the mailbox. The actor's state holds a cancel-on-drop guard, so if the
+//! never pass through the mailbox. The actor's state cancels the pump when dropped, so if the
 //! actor dies for any reason (panic included) the pump is told at once and ends its stream
 //! with an SSE error event instead of hanging. The pump's [`PumpCtx`] tells the actor when
 //! the stream ended, however it ended (dropping it is enough: a client that leaves drops
@@ -12,10 +12,14 @@
 //!
 //! Stream actors are temporary: their supervisor never restarts them.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+
+use futures_util::task::AtomicWaker;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
-use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::warn;
 
 use crate::slot::Slot;
@@ -30,11 +34,50 @@ pub enum StreamMsg {
     Crash,
 }
 
+/// One stream's cancellation: a flag and the pump's waker. The pump checks it on each of
+/// its waits, several times per streamed event, so a check is an atomic load and a waker
+/// registration; a `CancellationToken` takes two locks per poll and a waiter list insertion
+/// per wait.
+#[derive(Default)]
+struct Cancel {
+    set: AtomicBool,
+    pump: AtomicWaker,
+}
+
+impl Cancel {
+    fn cancel(&self) {
+        self.set.store(true, Ordering::Release);
+        self.pump.wake();
+    }
+}
+
 /// Held by the pump: its cancellation, and the way back to its actor. Dropping it tells the
 /// actor the stream ended.
 pub struct PumpCtx {
-    pub cancel: CancellationToken,
+    cancel: Arc<Cancel>,
     actor: ActorRef<StreamMsg>,
+}
+
+impl PumpCtx {
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.set.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the stream is cancelled (by its actor, or because the actor died). The
+    /// pump is its one waiter.
+    pub fn cancelled(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            if self.is_cancelled() {
+                return Poll::Ready(());
+            }
+            self.cancel.pump.register(cx.waker());
+            if self.is_cancelled() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
 }
 
 impl Drop for PumpCtx {
@@ -45,15 +88,21 @@ impl Drop for PumpCtx {
 
 pub struct StreamJob {
     request_id: String,
-    cancel: CancellationToken,
+    cancel: Arc<Cancel>,
 }
 
 pub struct StreamActor;
 
 pub struct StreamState {
     request_id: String,
-    cancel: CancellationToken,
-    _cancel_on_drop: DropGuard,
+    cancel: Arc<Cancel>,
+}
+
+/// However the actor ends (a panic included), its pump is cancelled at once.
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
 }
 
 impl Actor for StreamActor {
@@ -68,7 +117,6 @@ impl Actor for StreamActor {
     ) -> Result<StreamState, ActorProcessingErr> {
         Ok(StreamState {
             request_id: job.request_id,
-            _cancel_on_drop: job.cancel.clone().drop_guard(),
             cancel: job.cancel,
         })
     }
@@ -180,7 +228,7 @@ impl StreamSpawner {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let supervisor =
             (0..n).find_map(|i| self.shards.get((start + i) % n).and_then(|s| s.get()));
-        let cancel = CancellationToken::new();
+        let cancel = Arc::new(Cancel::default());
         let job = StreamJob {
             request_id,
             cancel: cancel.clone(),
