@@ -5,16 +5,15 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 use http_body::{Frame, SizeHint};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use sync_wrapper::SyncWrapper;
 
+use crate::gated::Gated;
 use crate::http::conn::RequestGuard;
 use crate::outcome::Outcome;
 
@@ -90,47 +89,25 @@ impl FrameQueue {
     }
 }
 
-/// Set when something the pump waits on fired: the body polls the pump only then, not on
-/// each of the client connection's polls.
-struct PumpWake {
-    woken: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl Wake for PumpWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
-    }
-}
+/// A stream's pump: fills its frame queue, ends when the stream is done.
+pub type Pump = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A streaming response: runs its pump (a future that fills a [`FrameQueue`]) and streams
 /// the frames, ending when the pump has ended and its frames are out. The pump is polled
 /// here, in the client connection's task, so an upstream event reaches the client without
 /// waking a task of its own; dropping the body (the client left) drops the pump with it.
 pub struct PumpBody {
-    /// Only ever polled through `&mut`, so it need not be `Sync` itself.
-    pump: Option<SyncWrapper<Pin<Box<dyn Future<Output = ()> + Send>>>>,
+    /// Polled only when something it waits on fired, not on each of the connection's
+    /// polls; only ever polled through `&mut`, so it need not be `Sync` itself.
+    pump: Option<SyncWrapper<Gated<Pump>>>,
     queue: FrameQueue,
-    wake: Arc<PumpWake>,
-    waker: Waker,
 }
 
 impl PumpBody {
-    pub fn boxed_body(pump: Pin<Box<dyn Future<Output = ()> + Send>>, queue: FrameQueue) -> Body {
-        let wake = Arc::new(PumpWake {
-            woken: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        });
+    pub fn boxed_body(pump: Pump, queue: FrameQueue) -> Body {
         PumpBody {
-            pump: Some(SyncWrapper::new(pump)),
+            pump: Some(SyncWrapper::new(Gated::new(pump))),
             queue,
-            waker: Waker::from(wake.clone()),
-            wake,
         }
         .boxed()
     }
@@ -151,22 +128,14 @@ impl http_body::Body for PumpBody {
         let Some(pump) = &mut this.pump else {
             return Poll::Ready(None);
         };
-        this.wake.task.register(cx.waker());
-        if this.wake.woken.swap(false, Ordering::AcqRel) {
-            let done = pump
-                .get_mut()
-                .as_mut()
-                .poll(&mut Context::from_waker(&this.waker))
-                .is_ready();
-            if done {
-                this.pump = None;
-            }
-            if let Some(f) = this.queue.pop() {
-                return Poll::Ready(Some(Ok(Frame::data(f))));
-            }
-            if this.pump.is_none() {
-                return Poll::Ready(None);
-            }
+        if Pin::new(pump.get_mut()).poll(cx).is_ready() {
+            this.pump = None;
+        }
+        if let Some(f) = this.queue.pop() {
+            return Poll::Ready(Some(Ok(Frame::data(f))));
+        }
+        if this.pump.is_none() {
+            return Poll::Ready(None);
         }
         Poll::Pending
     }

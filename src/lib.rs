@@ -27,6 +27,7 @@ pub mod config;
 pub mod error;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
+pub mod gated;
 pub mod glob;
 pub mod http;
 pub mod identity;

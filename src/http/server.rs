@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::conn::{default_max_connections, raise_nofile_limit, ConnActivity, SendTimeout};
 use super::router::ConnInfo;
+use crate::gated::Gated;
 use crate::state::AppState;
 
 /// How long a closing connection may take to finish what is in flight after the
@@ -228,33 +229,53 @@ async fn connection(
             // A request is in progress: its own timeouts apply; look again in a while.
             (None, None) => Instant::now() + limits.first_request,
         };
+        // The rare signals, gated: the connection's task is woken for every event it
+        // carries, and polling them each time took three locks.
+        let open = closing.is_none();
+        let control = Gated::new(async {
+            tokio::select! {
+                _ = activity.head_started.notified(), if open => Control::HeadStarted,
+                _ = stop.cancelled(), if open => Control::Stop,
+                _ = tokio::time::sleep_until(wake) => Control::Timer,
+            }
+        });
         tokio::select! {
+            biased;
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     debug!(error = %e, "connection ended with an error");
                 }
                 return;
             }
-            _ = activity.head_started.notified(), if closing.is_none() => {}
-            _ = stop.cancelled(), if closing.is_none() => {
-                conn.as_mut().graceful_shutdown();
-                closing = Some(Instant::now() + state.config.load().shutdown_grace);
-            }
-            _ = tokio::time::sleep_until(wake) => {
-                if closing.is_some() {
-                    return;
-                }
-                let still_idle = activity
-                    .idle_deadline(limits.first_request, limits.between_requests)
-                    .is_some_and(|t| t <= Instant::now());
-                if still_idle {
-                    state.front.idle_closed.fetch_add(1, Ordering::Relaxed);
+            c = control => match c {
+                Control::HeadStarted => {}
+                Control::Stop => {
                     conn.as_mut().graceful_shutdown();
-                    closing = Some(Instant::now() + CLOSE_GRACE);
+                    closing = Some(Instant::now() + state.config.load().shutdown_grace);
                 }
-            }
+                Control::Timer => {
+                    if closing.is_some() {
+                        return;
+                    }
+                    let still_idle = activity
+                        .idle_deadline(limits.first_request, limits.between_requests)
+                        .is_some_and(|t| t <= Instant::now());
+                    if still_idle {
+                        state.front.idle_closed.fetch_add(1, Ordering::Relaxed);
+                        conn.as_mut().graceful_shutdown();
+                        closing = Some(Instant::now() + CLOSE_GRACE);
+                    }
+                }
+            },
         }
     }
+}
+
+/// What woke a connection's loop other than the connection itself.
+enum Control {
+    HeadStarted,
+    Stop,
+    Timer,
 }
 
 /// Over `MAX_CONNECTIONS`: answer 503 in the OpenAI shape (readable by HTTP/1 clients) and
