@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -30,7 +31,14 @@ pub fn empty() -> Body {
 /// The pump's side of its frame queue. The pump and the body that drains the queue run in
 /// the same task (the body polls the pump), so a frame needs no wake-up to be seen; only a
 /// pump waiting for room is woken, when the client took a frame.
-pub struct Frames(Arc<Mutex<Queue>>);
+pub struct Frames(Arc<Shared>);
+
+struct Shared {
+    /// Frames queued, read without the lock: the body looks at least once per poll, and
+    /// most looks find none.
+    len: AtomicUsize,
+    queue: Mutex<Queue>,
+}
 
 struct Queue {
     frames: VecDeque<Bytes>,
@@ -41,16 +49,19 @@ struct Queue {
 
 /// A queue of at most `capacity` frames from a pump to its [`PumpBody`].
 pub fn frames(capacity: usize) -> (Frames, FrameQueue) {
-    let q = Arc::new(Mutex::new(Queue {
-        frames: VecDeque::with_capacity(capacity),
-        capacity: capacity.max(1),
-        room: None,
-    }));
+    let q = Arc::new(Shared {
+        len: AtomicUsize::new(0),
+        queue: Mutex::new(Queue {
+            frames: VecDeque::with_capacity(capacity),
+            capacity: capacity.max(1),
+            room: None,
+        }),
+    });
     (Frames(q.clone()), FrameQueue(q))
 }
 
-fn lock(q: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
-    q.lock().unwrap_or_else(|p| p.into_inner())
+fn lock(q: &Shared) -> MutexGuard<'_, Queue> {
+    q.queue.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Frames {
@@ -62,6 +73,7 @@ impl Frames {
             if q.frames.len() < q.capacity {
                 if let Some(f) = frame.take() {
                     q.frames.push_back(f);
+                    self.0.len.store(q.frames.len(), Ordering::Release);
                 }
                 Poll::Ready(())
             } else {
@@ -74,12 +86,16 @@ impl Frames {
 }
 
 /// The body's side of a pump's frame queue.
-pub struct FrameQueue(Arc<Mutex<Queue>>);
+pub struct FrameQueue(Arc<Shared>);
 
 impl FrameQueue {
     fn pop(&self) -> Option<Bytes> {
+        if self.0.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         let mut q = lock(&self.0);
         let f = q.frames.pop_front();
+        self.0.len.store(q.frames.len(), Ordering::Release);
         if f.is_some() {
             if let Some(w) = q.room.take() {
                 w.wake();
@@ -211,5 +227,40 @@ impl http_body::Body for OutcomeBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pump that sends more frames than the queue holds waits for room, is woken when
+    /// the client takes a frame, and every frame arrives once, in order; the body ends
+    /// when the pump has ended.
+    #[tokio::test]
+    async fn a_pump_larger_than_its_queue_streams_every_frame_in_order() {
+        let (out, queue) = frames(2);
+        let pump: Pump = Box::pin(async move {
+            for i in 0..50u32 {
+                if i % 7 == 0 {
+                    tokio::task::yield_now().await;
+                }
+                out.send(Bytes::from(i.to_string())).await;
+            }
+        });
+        let mut body = PumpBody::boxed_body(pump, queue);
+        let mut got = Vec::new();
+        let drained = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame;
+                if let Ok(data) = frame.into_data() {
+                    got.push(String::from_utf8_lossy(&data).into_owned());
+                }
+            }
+        })
+        .await;
+        assert!(drained.is_ok(), "the stream stalled after {got:?}");
+        let want: Vec<String> = (0..50u32).map(|i| i.to_string()).collect();
+        assert_eq!(got, want);
     }
 }
