@@ -161,8 +161,9 @@ impl<R: Send + Sync + 'static> AuditQueue<R> {
         self.lock().inflight = None;
     }
 
-    fn has_pending(&self) -> bool {
-        !self.lock().pending.is_empty()
+    /// A full batch is waiting: the writer fell behind.
+    fn backlog(&self) -> bool {
+        self.lock().pending.len() >= self.batch
     }
 }
 
@@ -264,7 +265,11 @@ impl<P: AuditPort> Actor for AuditWriter<P> {
                     st.port.maintain().await;
                 }
                 st.publish();
-                if st.queue.has_pending() {
+                // Straight on only while a full batch waits. Records that arrived during
+                // this round wait for the next tick: going again for them turned a steady
+                // trickle into back-to-back transactions of a few rows each (at c=1, 76 µs
+                // of PostgreSQL CPU per row instead of 10, and the writer busy).
+                if st.queue.backlog() {
                     let _ = myself.cast(AuditMsg::Tick);
                 } else {
                     myself.send_after(st.cfg.flush_interval, || AuditMsg::Tick);
@@ -449,12 +454,19 @@ mod tests {
         spool: Mutex<VecDeque<u64>>,
         spool_cap: usize,
         panic_once: AtomicBool,
+        /// How long a store write takes.
+        store_delay: Duration,
+        writes: AtomicU64,
     }
 
     impl AuditPort for Mem {
         type Record = u64;
         fn store<'a>(&'a self, batch: &'a [u64]) -> BoxFuture<'a, Result<(), String>> {
             Box::pin(async move {
+                self.writes.fetch_add(1, Ordering::SeqCst);
+                if !self.store_delay.is_zero() {
+                    tokio::time::sleep(self.store_delay).await;
+                }
                 if self.down.load(Ordering::SeqCst) {
                     return Err("down".into());
                 }
@@ -537,6 +549,47 @@ mod tests {
             assert!(Instant::now() < deadline, "condition not met in 10 s");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// A steady trickle is written once per flush interval, not in back-to-back writes of
+    /// the few records that arrived during the previous one.
+    #[tokio::test]
+    async fn a_trickle_is_written_once_per_flush_interval() {
+        let port = Arc::new(Mem {
+            spool_cap: 1_000_000,
+            store_delay: Duration::from_millis(5),
+            ..Default::default()
+        });
+        let queue = AuditQueue::new(100_000, 1_000);
+        let (_a, _) = Actor::spawn(
+            None,
+            AuditWriter::<Mem>::default(),
+            AuditArgs {
+                port: port.clone(),
+                queue: queue.clone(),
+                cfg: WriterConfig {
+                    flush_interval: Duration::from_millis(100),
+                    ..cfg(OnFull::Drop)
+                },
+            },
+        )
+        .await
+        .expect("spawn");
+        let started = Instant::now();
+        for i in 0..400 {
+            queue.push(i);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        until(|| port.stored.lock().expect("lock").len() == 400).await;
+        let (writes, ticks) = (
+            port.writes.load(Ordering::SeqCst),
+            started.elapsed().as_millis() / 100 + 2,
+        );
+        assert!(
+            writes <= ticks as u64,
+            "{writes} writes for 400 records in {} ms",
+            started.elapsed().as_millis()
+        );
     }
 
     #[tokio::test]
