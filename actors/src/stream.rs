@@ -59,7 +59,7 @@ pub struct PumpCtx {
 }
 
 impl PumpCtx {
-    pub fn is_cancelled(&self) -> bool {
+    fn is_cancelled(&self) -> bool {
         self.cancel.set.load(Ordering::Acquire)
     }
 

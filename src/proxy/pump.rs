@@ -4,7 +4,9 @@
 //! ([`PumpBody`]), which drains the queue: the client connection's task drives both, so
 //! an event costs no task wake of its own, and a slow client slows the pump (backpressure)
 //! instead of growing memory. A client that leaves drops the body, and the pump with it
-//! (recorded as `client_gone`; the upstream request is dropped, which cancels it).
+//! (recorded as `client_gone`; the upstream request is dropped, which cancels it). A client
+//! that stays connected but stops reading stops the pump too, cancellation included, until
+//! `CLIENT_SEND_TIMEOUT` closes its connection.
 //!
 //! The pump owns the server's in-flight slot and the gateway's concurrency permit: both are
 //! released when the upstream side is done (up to the queue's frames ahead of the
