@@ -35,16 +35,20 @@ pub enum SpoolError {
     Io(String),
 }
 
+/// A batch as the writer holds it: shared, so a port that writes on another thread takes
+/// it along without copying the records.
+pub type Batch<R> = Arc<Vec<R>>;
+
 /// Storage behind the writer.
 pub trait AuditPort: Send + Sync + 'static {
     type Record: Send + Sync + 'static;
 
     /// Write a batch to the store. Must be idempotent per record (a batch may be written
     /// again after a crash or a timeout that hid a success).
-    fn store<'a>(&'a self, batch: &'a [Self::Record]) -> BoxFuture<'a, Result<(), String>>;
+    fn store(&self, batch: Batch<Self::Record>) -> BoxFuture<'_, Result<(), String>>;
 
     /// Append a batch to the spool; returns once it is synced to disk.
-    fn spool<'a>(&'a self, batch: &'a [Self::Record]) -> BoxFuture<'a, Result<(), SpoolError>>;
+    fn spool(&self, batch: Batch<Self::Record>) -> BoxFuture<'_, Result<(), SpoolError>>;
 
     /// Move up to `max` of the oldest spooled records to the store. `Ok(true)` once the
     /// spool is empty.
@@ -302,7 +306,8 @@ impl<P: AuditPort> WriterState<P> {
             };
             if !self.spooling {
                 let stored =
-                    tokio::time::timeout(self.cfg.store_timeout, self.port.store(&batch)).await;
+                    tokio::time::timeout(self.cfg.store_timeout, self.port.store(batch.clone()))
+                        .await;
                 match stored {
                     Ok(Ok(())) => {
                         self.queue.done();
@@ -322,7 +327,7 @@ impl<P: AuditPort> WriterState<P> {
                 self.spooling = true;
                 self.replay_at = Instant::now() + self.replay_delay;
             }
-            match self.port.spool(&batch).await {
+            match self.port.spool(batch.clone()).await {
                 Ok(()) => {
                     self.queue.done();
                     self.queue
@@ -461,7 +466,7 @@ mod tests {
 
     impl AuditPort for Mem {
         type Record = u64;
-        fn store<'a>(&'a self, batch: &'a [u64]) -> BoxFuture<'a, Result<(), String>> {
+        fn store(&self, batch: Batch<u64>) -> BoxFuture<'_, Result<(), String>> {
             Box::pin(async move {
                 self.writes.fetch_add(1, Ordering::SeqCst);
                 if !self.store_delay.is_zero() {
@@ -472,7 +477,7 @@ mod tests {
                 }
                 let mut s = self.stored.lock().expect("lock");
                 // Idempotent per record, like ON CONFLICT DO NOTHING.
-                for r in batch {
+                for r in batch.iter() {
                     if !s.contains(r) {
                         s.push(*r);
                     }
@@ -484,13 +489,13 @@ mod tests {
                 Ok(())
             })
         }
-        fn spool<'a>(&'a self, batch: &'a [u64]) -> BoxFuture<'a, Result<(), SpoolError>> {
+        fn spool(&self, batch: Batch<u64>) -> BoxFuture<'_, Result<(), SpoolError>> {
             Box::pin(async move {
                 let mut s = self.spool.lock().expect("lock");
                 if s.len() + batch.len() > self.spool_cap {
                     return Err(SpoolError::Full);
                 }
-                s.extend(batch);
+                s.extend(batch.iter());
                 Ok(())
             })
         }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use llmmux_actors::audit::{
-    AuditArgs, AuditHandle, AuditPort, AuditWriter, OnFull, SpoolError, WriterConfig,
+    AuditArgs, AuditHandle, AuditPort, AuditWriter, Batch, OnFull, SpoolError, WriterConfig,
 };
 use llmmux_actors::ports::BoxFuture;
 use llmmux_actors::ractor::Actor;
@@ -108,11 +108,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 impl Storage {
-    async fn store_batch(&self, batch: &[AuditRecord]) -> Result<(), String> {
+    async fn store_batch(&self, batch: Batch<AuditRecord>) -> Result<(), String> {
         match &self.store {
-            Store::Pg(pg) => pg.store(batch).await.map_err(|e| e.to_string()),
+            Store::Pg(pg) => pg.store(&batch).await.map_err(|e| e.to_string()),
             Store::Journal(j) => {
-                let (j, batch) = (j.clone(), batch.to_vec());
+                let j = j.clone();
                 blocking(move || j.append_blocking(&batch))
                     .await?
                     .map_err(|e| format!("journal: {}", e.kind()))
@@ -124,13 +124,13 @@ impl Storage {
 impl AuditPort for Storage {
     type Record = AuditRecord;
 
-    fn store<'a>(&'a self, batch: &'a [AuditRecord]) -> BoxFuture<'a, Result<(), String>> {
+    fn store(&self, batch: Batch<AuditRecord>) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(self.store_batch(batch))
     }
 
-    fn spool<'a>(&'a self, batch: &'a [AuditRecord]) -> BoxFuture<'a, Result<(), SpoolError>> {
+    fn spool(&self, batch: Batch<AuditRecord>) -> BoxFuture<'_, Result<(), SpoolError>> {
         Box::pin(async move {
-            let (s, batch) = (self.spool.clone(), batch.to_vec());
+            let s = self.spool.clone();
             blocking(move || s.append_blocking(&batch))
                 .await
                 .map_err(SpoolError::Io)?
@@ -144,7 +144,7 @@ impl AuditPort for Storage {
                 .await?
                 .map_err(|e| format!("spool: {}", e.kind()))?;
             if !records.is_empty() {
-                self.store_batch(&records).await?;
+                self.store_batch(Arc::new(records)).await?;
             }
             self.spool.commit(mark);
             Ok(!self.spool.has_records())

@@ -429,15 +429,17 @@ fn repair_body(
     serde_json::to_vec(&v).map(Bytes::from).unwrap_or(body)
 }
 
+/// An answer's or a chunk's `usage`, read without building anything else.
+#[derive(serde::Deserialize)]
+struct Usage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
 /// `usage` of a whole answer, skipping everything else without building it.
 fn usage_of_body(body: &[u8]) -> Option<(u64, u64)> {
-    #[derive(serde::Deserialize)]
-    struct Usage {
-        #[serde(default)]
-        prompt_tokens: u64,
-        #[serde(default)]
-        completion_tokens: u64,
-    }
     #[derive(serde::Deserialize)]
     struct Answer {
         usage: Option<Usage>,

@@ -38,10 +38,11 @@ pub struct SseEvent {
 }
 
 impl SseEvent {
-    /// The event's data lines joined by LF. Upstream bytes are validated by the guard; this
-    /// check is the backstop.
-    pub fn data(&self) -> Result<&str, std::str::Utf8Error> {
-        std::str::from_utf8(&self.data)
+    /// The event's data lines joined by LF: valid UTF-8 behind the guard, which checked
+    /// every byte (so the relay does not check it again; `str` is made only where text is
+    /// needed, for tool-call repair).
+    pub fn data(&self) -> &[u8] {
+        &self.data
     }
 
     /// The event as it came, when that is already its canonical frame.
@@ -282,7 +283,7 @@ mod tests {
     fn datas(events: &[SseEvent]) -> Vec<String> {
         events
             .iter()
-            .map(|e| e.data().expect("utf-8").to_owned())
+            .map(|e| std::str::from_utf8(e.data()).expect("utf-8").to_owned())
             .collect()
     }
 
@@ -365,8 +366,7 @@ mod tests {
                 for ev in &got {
                     if let Some(f) = ev.frame() {
                         // Forwarding the event's bytes is the same as re-framing its data.
-                        let data = ev.data().expect("utf-8");
-                        prop_assert_eq!(f, &crate::proxy::pump::frame(data));
+                        prop_assert_eq!(f, &crate::proxy::pump::frame(ev.data()));
                     }
                 }
             }
@@ -418,7 +418,7 @@ mod tests {
         let shown: Vec<_> = got
             .iter()
             .map(|r| match r {
-                Ok(e) => e.data().expect("utf-8").to_owned(),
+                Ok(e) => std::str::from_utf8(e.data()).expect("utf-8").to_owned(),
                 Err(e) => format!("error: {e}"),
             })
             .collect();

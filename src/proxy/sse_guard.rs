@@ -380,7 +380,11 @@ mod tests {
         loop {
             // The source is synchronous: every poll is ready.
             match events.next().now_or_never() {
-                Some(Some(Ok(ev))) => out.push(ev.data().expect("valid UTF-8").to_owned()),
+                Some(Some(Ok(ev))) => out.push(
+                    std::str::from_utf8(ev.data())
+                        .expect("valid UTF-8")
+                        .to_owned(),
+                ),
                 Some(Some(Err(e))) => {
                     let after = events.next().now_or_never();
                     assert!(
@@ -553,7 +557,7 @@ mod tests {
             bytes.extend_from_slice(b"data: AFTER\n\n");
             // What the decoder makes of the valid prefix alone, without an EOF terminator.
             let prefix = SseEvents::new(futures_util::stream::iter([Ok::<_, ()>(Bytes::copy_from_slice(&bytes[..p]))]))
-                .filter_map(|r| async move { r.ok().and_then(|e| e.data().ok().map(str::to_owned)) })
+                .filter_map(|r| async move { r.ok().and_then(|e| std::str::from_utf8(e.data()).ok().map(str::to_owned)) })
                 .collect::<Vec<_>>()
                 .now_or_never()
                 .unwrap_or_default();
