@@ -131,7 +131,8 @@ impl Default for PassivePolicy {
 /// How a finished attempt counts for passive health.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Observed {
-    Success,
+    /// The attempt that began at `started` succeeded.
+    Success { started: Instant },
     /// Connect error, reset, timeout, 5xx: the server's fault.
     ServerFailure,
 }
@@ -167,6 +168,8 @@ pub struct BackendHandle {
     /// `born`, wrapping) in the low half, so one CAS keeps both consistent.
     accrual: AtomicU64,
     accrual_samples: AtomicU32,
+    /// When the last server-side failure was observed (ns since `born`).
+    last_failure_ns: AtomicU64,
     born: Instant,
     /// When the server last sent response bytes (ms since `born`; 0: never): evidence that
     /// a server whose probe timed out is busy, not dead.
@@ -222,6 +225,7 @@ impl BackendHandle {
             passive: spec.passive,
             accrual: AtomicU64::new(pack(0.0, 0)),
             accrual_samples: AtomicU32::new(0),
+            last_failure_ns: AtomicU64::new(0),
             born: Instant::now(),
             last_progress: AtomicU64::new(0),
             liveness: ArcSwap::from_pointee(CancellationToken::new()),
@@ -301,6 +305,7 @@ impl BackendHandle {
     /// repaired by the next failure.
     pub fn observe(&self, what: Observed) {
         let failed = what == Observed::ServerFailure;
+        let since_born = |t: Instant| t.saturating_duration_since(self.born).as_nanos() as u64;
         let now = self.now_ms();
         let mut cur = self.accrual.load(Ordering::Relaxed);
         let rate = loop {
@@ -318,12 +323,20 @@ impl BackendHandle {
             }
         };
         let samples = self.accrual_samples.fetch_add(1, Ordering::Relaxed) + 1;
-        if !failed {
-            if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+        if let Observed::Success { started } = what {
+            // Only an attempt begun after the last failure shows the server works now: one
+            // already under way when it started failing (a long answer, a stream) must not
+            // wipe out the failures that followed, or a server failing every new request
+            // is never taken out.
+            if self.consecutive_failures.load(Ordering::Relaxed) != 0
+                && since_born(started) >= self.last_failure_ns.load(Ordering::Acquire)
+            {
                 self.consecutive_failures.store(0, Ordering::Release);
             }
             return;
         }
+        self.last_failure_ns
+            .fetch_max(since_born(Instant::now()), Ordering::AcqRel);
         self.failures_total.fetch_add(1, Ordering::Relaxed);
         let n = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
         let by_rate = samples >= ACCRUAL_MIN_SAMPLES && rate >= self.passive.rate;
@@ -425,9 +438,28 @@ mod tests {
         assert!(h.failure_rate() > 0.6, "rate {}", h.failure_rate());
         assert!(h.cost() > 10.0 * idle);
         for _ in 0..40 {
-            h.observe(Observed::Success);
+            h.observe(Observed::Success {
+                started: Instant::now(),
+            });
         }
         assert!(h.failure_rate() < 0.05, "rate {}", h.failure_rate());
+        assert_eq!(h.consecutive_failures.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_success_begun_before_the_failures_does_not_clear_them() {
+        let h = BackendHandle::new(&spec("a"), Slot::default());
+        let long_answer = Instant::now();
+        for _ in 0..3 {
+            h.observe(Observed::ServerFailure);
+        }
+        h.observe(Observed::Success {
+            started: long_answer,
+        });
+        assert_eq!(h.consecutive_failures.load(Ordering::Relaxed), 3);
+        h.observe(Observed::Success {
+            started: Instant::now(),
+        });
         assert_eq!(h.consecutive_failures.load(Ordering::Relaxed), 0);
     }
 

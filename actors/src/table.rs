@@ -356,8 +356,9 @@ mod tests {
             let flaky = t.backends[&BackendId::new("flaky")].handle.clone();
             let sound = t.backends[&BackendId::new("sound")].handle.clone();
             for i in 0..40 {
-                flaky.observe(if i % 2 == 0 { Observed::ServerFailure } else { Observed::Success });
-                sound.observe(Observed::Success);
+                let success = Observed::Success { started: std::time::Instant::now() };
+                flaky.observe(if i % 2 == 0 { Observed::ServerFailure } else { success });
+                sound.observe(success);
             }
             // The sound server carries 4 requests, the flaky one none.
             let busy: Vec<_> = (0..4).filter_map(|_| sound.try_acquire()).collect();

@@ -219,6 +219,9 @@ enum Answer {
 struct Started {
     guard: InFlightGuard,
     answer: Answer,
+    /// When the attempt began (passive health counts a success only against the failures
+    /// before it).
+    began: Instant,
 }
 
 /// One proxied request.
@@ -366,6 +369,7 @@ async fn forward_inner(
                 repair,
                 outcome: outcome.clone(),
                 deadline,
+                began: started.began,
             };
             pump::start_stream(proxy, cfg, relay, resp, first, (started.guard, permit)).await
         }
@@ -588,6 +592,7 @@ impl Call<'_> {
     }
 
     async fn try_once(&self, guard: InFlightGuard) -> Result<Started, AttemptError> {
+        let began = Instant::now();
         let backend = guard.backend().clone();
         let mut headers = self.headers.clone();
         let ext = backend.ext::<ServerExt>();
@@ -656,13 +661,19 @@ impl Call<'_> {
                     backend.observe(if status.is_server_error() {
                         Observed::ServerFailure
                     } else {
-                        Observed::Success
+                        Observed::Success {
+                            started: began.into_std(),
+                        }
                     });
                 }
                 whole
             }
         };
-        Ok(Started { guard, answer })
+        Ok(Started {
+            guard,
+            answer,
+            began,
+        })
     }
 
     /// Wait for a stream's first chunk while a retry is still possible: up to one

@@ -66,6 +66,8 @@ pub struct Relay {
     pub outcome: Outcome,
     /// The request's deadline, which bounds the wait for the first event.
     pub deadline: Instant,
+    /// When the upstream attempt began.
+    pub began: Instant,
 }
 
 pub async fn start_stream(
@@ -106,6 +108,7 @@ pub async fn start_stream(
         keepalive: cfg.stream_keepalive_interval,
         probe_every: cfg.on_demand_probe_interval,
         deadline: relay.deadline,
+        began: relay.began,
         started: got_first,
         // Committed without a first chunk: one keep-alive interval already passed since the
         // server accepted the request, so the first comment goes out at once.
@@ -163,6 +166,8 @@ struct Pump {
     keepalive: Duration,
     probe_every: Duration,
     deadline: Instant,
+    /// When the upstream attempt began.
+    began: Instant,
     /// The first upstream bytes arrived.
     started: bool,
     last_sent: Instant,
@@ -363,7 +368,7 @@ impl Pump {
                     if data == b"[DONE]" {
                         self.flush_repair(ctx).await;
                         let _ = self.send(frame(b"[DONE]"), ctx).await;
-                        self.backend.observe(Observed::Success);
+                        self.succeeded();
                         break;
                     }
                     let replaced = match self.repair.as_mut() {
@@ -441,7 +446,7 @@ impl Pump {
                 }
                 Step::KeepAlive => self.last_sent = Instant::now(),
                 Step::End => {
-                    self.backend.observe(Observed::Success);
+                    self.succeeded();
                     break;
                 }
                 Step::Failed(e, why) => {
@@ -455,6 +460,12 @@ impl Pump {
             }
         }
         self.ended = true;
+    }
+
+    fn succeeded(&self) {
+        self.backend.observe(Observed::Success {
+            started: self.began.into_std(),
+        });
     }
 
     /// A normal end (`[DONE]`): decide the tool-call text still held.

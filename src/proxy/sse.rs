@@ -9,7 +9,7 @@
 //! handed out as slices of the upstream chunk: its data without a copy, and its bytes as the
 //! frame the pump forwards unchanged, since re-framing it would give the same bytes. Such a
 //! frame keeps its upstream read buffer alive only while it waits in the pump's bounded
-//! channel.
+//! frame queue.
 //!
 //! Only `data` fields are kept: the pump uses nothing else, and vLLM sends no `event`, `id`
 //! or `retry`. A differential property test holds it to eventsource-stream's events at every
