@@ -168,5 +168,55 @@ fn sse(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, auth, routing, request, sse);
+/// One audit record as a journal or spool line: the hand-written request line against
+/// serde's derive (the same bytes).
+fn audit_line(c: &mut Criterion) {
+    use llmmux::audit::record::{write_lines, AuditRecord, RequestEntry};
+    let rec = AuditRecord::Request(RequestEntry {
+        id: uuid::Uuid::from_u128(0x0193_a1b2_c3d4_7e5f_8a9b_0c1d_2e3f_4a5b),
+        ts_us: 1_796_631_920_149_669,
+        request_id: "0f1e2d3c4b5a69788796a5b4c3d2e1f0".into(),
+        user_id: None,
+        key_id: Some("static:3f9a".into()),
+        client_addr: "127.0.0.1".into(),
+        method: "POST".into(),
+        endpoint: "/v1/chat/completions".into(),
+        model: Some("meta-llama/Llama-3.1-8B-Instruct".into()),
+        backend: Some("gpu-a-8000".into()),
+        stream: false,
+        status: 200,
+        error_type: None,
+        attempts: 1,
+        latency_ms: 12.345_678,
+        ttft_ms: Some(3.25),
+        prompt_tokens: Some(17),
+        completion_tokens: Some(16),
+        request_body: None,
+        response_body: None,
+    });
+    let batch = vec![rec; 100];
+    let mut g = c.benchmark_group("audit line");
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    let mut buf = Vec::with_capacity(64 << 10);
+    g.bench_function("write_lines, per record", |b| {
+        b.iter(|| {
+            buf.clear();
+            write_lines(black_box(&batch), &mut buf).expect("write");
+            black_box(buf.len())
+        })
+    });
+    g.bench_function("serde derive, per record", |b| {
+        b.iter(|| {
+            buf.clear();
+            for r in black_box(&batch) {
+                serde_json::to_writer(&mut buf, r).expect("write");
+                buf.push(b'\n');
+            }
+            black_box(buf.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, auth, routing, request, sse, audit_line);
 criterion_main!(benches);

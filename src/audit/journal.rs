@@ -51,10 +51,7 @@ impl Journal {
     /// Appends and syncs a batch (blocking I/O).
     pub fn append_blocking(&self, batch: &[AuditRecord]) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(batch.len() * 512);
-        for r in batch {
-            serde_json::to_writer(&mut buf, r)?;
-            buf.push(b'\n');
-        }
+        super::record::write_lines(batch, &mut buf)?;
         let mut slot = self.file.lock().unwrap_or_else(|p| p.into_inner());
         if slot.as_ref().is_some_and(|(_, len)| *len >= self.max_bytes) {
             *slot = None;

@@ -183,3 +183,110 @@ impl ActivityEntry {
         }
     }
 }
+
+/// Appends `batch` as JSON lines (the journal's and the spool's format). A request entry,
+/// nearly every record, is written field by field with its keys as literals: serde's derive
+/// escapes every key and steps a state machine per field, which made each flush's batch a
+/// burst of about 6k instructions per record on the cores the requests share. The bytes
+/// are serde's: a property test holds the two to the same output.
+pub fn write_lines(batch: &[AuditRecord], out: &mut Vec<u8>) -> serde_json::Result<()> {
+    for r in batch {
+        match r {
+            AuditRecord::Request(e) => write_request(e, out)?,
+            AuditRecord::Activity(_) => serde_json::to_writer(&mut *out, r)?,
+        }
+        out.push(b'\n');
+    }
+    Ok(())
+}
+
+fn write_request(r: &RequestEntry, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    fn field<T: Serialize + ?Sized>(
+        out: &mut Vec<u8>,
+        key: &str,
+        value: &T,
+    ) -> serde_json::Result<()> {
+        out.push(b',');
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
+        serde_json::to_writer(&mut *out, value)
+    }
+    out.extend_from_slice(b"{\"request\":{\"id\":");
+    serde_json::to_writer(&mut *out, &r.id)?;
+    field(out, "ts_us", &r.ts_us)?;
+    field(out, "request_id", &r.request_id)?;
+    field(out, "user_id", &r.user_id)?;
+    field(out, "key_id", &r.key_id)?;
+    field(out, "client_addr", &r.client_addr)?;
+    field(out, "method", &r.method)?;
+    field(out, "endpoint", &r.endpoint)?;
+    field(out, "model", &r.model)?;
+    field(out, "backend", &r.backend)?;
+    field(out, "stream", &r.stream)?;
+    field(out, "status", &r.status)?;
+    field(out, "error_type", &r.error_type)?;
+    field(out, "attempts", &r.attempts)?;
+    field(out, "latency_ms", &r.latency_ms)?;
+    field(out, "ttft_ms", &r.ttft_ms)?;
+    field(out, "prompt_tokens", &r.prompt_tokens)?;
+    field(out, "completion_tokens", &r.completion_tokens)?;
+    if let Some(b) = &r.request_body {
+        field(out, "request_body", b)?;
+    }
+    if let Some(b) = &r.response_body {
+        field(out, "response_body", b)?;
+    }
+    out.extend_from_slice(b"}}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        // Quotes, backslashes, control characters and multibyte text: what escaping is for.
+        proptest::string::string_regex("(.|[\"\\\\\u{0}-\u{1f}\u{7f}\u{2028}é日😀]){0,12}")
+            .expect("regex")
+    }
+
+    prop_compose! {
+        fn entry()(
+            id in any::<u128>(),
+            ts_us in any::<i64>(),
+            (request_id, client_addr, method, endpoint) in (text(), text(), text(), text()),
+            user_id in proptest::option::of(any::<u128>()),
+            (key_id, model, backend, error_type) in (
+                proptest::option::of(text()), proptest::option::of(text()),
+                proptest::option::of(text()), proptest::option::of(text())),
+            stream in any::<bool>(),
+            status in any::<u16>(),
+            attempts in any::<u32>(),
+            latency_ms in prop_oneof![any::<f64>(), Just(f64::NAN), Just(f64::INFINITY), Just(0.0), Just(1e-7)],
+            ttft_ms in proptest::option::of(any::<f64>()),
+            (prompt_tokens, completion_tokens) in (proptest::option::of(any::<u64>()), proptest::option::of(any::<u64>())),
+            (request_body, response_body) in (proptest::option::of(text()), proptest::option::of(text())),
+        ) -> RequestEntry {
+            RequestEntry {
+                id: Uuid::from_u128(id), ts_us, request_id, user_id: user_id.map(Uuid::from_u128),
+                key_id, client_addr, method, endpoint, model, backend, stream, status, error_type,
+                attempts, latency_ms, ttft_ms, prompt_tokens, completion_tokens, request_body,
+                response_body,
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_request_line_is_the_bytes_serde_writes(e in entry()) {
+            let rec = AuditRecord::Request(e);
+            let mut ours = Vec::new();
+            write_lines(std::slice::from_ref(&rec), &mut ours).expect("write");
+            let mut serde = serde_json::to_vec(&rec).expect("serde");
+            serde.push(b'\n');
+            prop_assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(&serde));
+        }
+    }
+}

@@ -130,10 +130,7 @@ impl Spool {
     /// Appends `batch` and syncs it (blocking I/O: call from a blocking thread).
     pub fn append_blocking(&self, batch: &[AuditRecord]) -> Result<(), SpoolError> {
         let mut buf = Vec::with_capacity(batch.len() * 512);
-        for r in batch {
-            serde_json::to_writer(&mut buf, r).map_err(|e| SpoolError::Io(e.to_string()))?;
-            buf.push(b'\n');
-        }
+        super::record::write_lines(batch, &mut buf).map_err(|e| SpoolError::Io(e.to_string()))?;
         let len = buf.len() as u64;
         let mut st = self.lock();
         // An empty spool takes any one batch: one larger than the cap could otherwise never
