@@ -201,11 +201,16 @@ async fn records_synced_to_the_spool_survive_sigkill_and_are_replayed_once() {
     pg.stop();
     let statuses = send_load(&addr, "kill-", 0..500, 16, None).await;
     assert_eq!(statuses.get(&200), Some(&500), "{statuses:?}");
-    // Wait until every record is synced to the spool, then kill without warning.
+    // Wait until every record is synced to the spool (none left in memory: the count alone
+    // includes the start's activity records, so it reaches 500 one request record early),
+    // then kill without warning.
     assert!(
         eventually(Duration::from_secs(30), || {
             let addr = addr.clone();
-            async move { metric(&addr, "llmmux_audit_spooled_total").await >= 500.0 }
+            async move {
+                metric(&addr, "llmmux_audit_spooled_total").await >= 500.0
+                    && metric(&addr, "llmmux_audit_queue_depth").await == 0.0
+            }
         })
         .await,
         "500 records spooled"

@@ -642,7 +642,11 @@ impl Config {
                 100_000usize,
             ),
             audit_batch_size: p.num("AUDIT_BATCH_SIZE", v!("AUDIT_BATCH_SIZE"), 1_000usize),
-            audit_flush_interval: p.ms("AUDIT_FLUSH_INTERVAL", v!("AUDIT_FLUSH_INTERVAL"), 100),
+            // Short, so each write is small: at 100 ms the batch written under light load
+            // delayed the requests it overlapped on shared cores (c=1 p99 +2.6 ms with
+            // PostgreSQL, +0.2 at 10 ms), at no cost in throughput (under load batches fill
+            // before the interval ends).
+            audit_flush_interval: p.ms("AUDIT_FLUSH_INTERVAL", v!("AUDIT_FLUSH_INTERVAL"), 10),
             audit_spool_dir: PathBuf::from(
                 v!("AUDIT_SPOOL_DIR")
                     .filter(|s| !s.trim().is_empty())
