@@ -1,23 +1,23 @@
-//! The upstream client alone: the gateway's reqwest client (configured as
-//! `upstream::build_client` does) against a hyper-util client on the same hyper
-//! connection code without reqwest's layers (URL handling, redirect and retry services),
-//! each sending whole-answer POSTs to one in-process HTTP/1.1 server that answers a
-//! fixed body. Both share the server, so the difference between them is the client's.
-//! Issue #13 asked for this measurement before any change to the committed design.
+//! The upstream client alone: the gateway's hot-path client (`upstream::UpstreamClient`,
+//! hyper-util) against reqwest configured alike (the control plane's client, which served
+//! proxied requests too until this measurement), on the same hyper connection code
+//! underneath, each sending whole-answer POSTs to one in-process HTTP/1.1 server that
+//! answers a fixed body. Both share the server, so the difference between them is
+//! reqwest's layers (URL handling, redirect and retry services). Issue #13 asked for
+//! this measurement.
 //!
 //! Run: `cargo bench --bench upstream_client` (c=1 and c=64, per request).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use futures_util::future::join_all;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
+use llmmux::upstream::UpstreamClient;
 
 const ANSWER: &str = r#"{"id":"cmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hello there"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#;
 const REQUEST: &str =
@@ -62,27 +62,15 @@ fn server() -> SocketAddr {
     addr
 }
 
-/// The gateway's own client, as `serve` builds it with default settings.
-fn reqwest_client() -> reqwest::Client {
+/// The gateway's clients (hot path, control plane), as `serve` builds them by default.
+fn gateway_clients() -> (UpstreamClient, reqwest::Client) {
     let env = |k: &str| (k == "BACKENDS").then(|| "m=http://127.0.0.1:9".to_owned());
     let cfg = llmmux::config::Config::load(&llmmux::config::Sources {
         env: &env,
         file: None,
     })
     .unwrap_or_else(|e| panic!("config: {e:?}"));
-    llmmux::upstream::build_client(&cfg).expect("reqwest client")
-}
-
-type Direct = Client<HttpConnector, Full<Bytes>>;
-
-fn direct_client() -> Direct {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_millis(5_000)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .build(connector)
+    llmmux::upstream::build_clients(&cfg).expect("clients")
 }
 
 async fn via_reqwest(c: &reqwest::Client, url: &reqwest::Url) -> usize {
@@ -96,12 +84,16 @@ async fn via_reqwest(c: &reqwest::Client, url: &reqwest::Url) -> usize {
     resp.bytes().await.expect("reqwest body").len()
 }
 
-async fn via_direct(c: &Direct, uri: &hyper::Uri) -> usize {
-    let req = hyper::Request::post(uri.clone())
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(REQUEST.as_bytes())))
-        .expect("request");
-    let resp = c.request(req).await.expect("direct send");
+async fn via_direct(c: &UpstreamClient, uri: &hyper::Uri) -> usize {
+    let mut headers = hyper::HeaderMap::new();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    let resp = c
+        .post(uri.clone(), headers, Bytes::from_static(REQUEST.as_bytes()))
+        .await
+        .expect("direct send");
     resp.into_body()
         .collect()
         .await
@@ -121,7 +113,7 @@ fn clients(c: &mut Criterion) {
         .parse()
         .expect("url");
     let uri: hyper::Uri = url.as_str().parse().expect("uri");
-    let (rq, direct) = (reqwest_client(), direct_client());
+    let (direct, rq) = gateway_clients();
     // Both answer the same bytes before anything is timed.
     let (a, b) = rt.block_on(async {
         (

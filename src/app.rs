@@ -35,7 +35,7 @@ use crate::proxy::retry::{BudgetPolicy, RetryBudgets};
 use crate::proxy::Proxy;
 use crate::state::AppState;
 use crate::toolcall::Counters as ToolCallCounters;
-use crate::upstream::{build_client, specs_from_config, HttpControlPlane};
+use crate::upstream::{build_clients, specs_from_config, HttpControlPlane};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -196,9 +196,9 @@ impl App {
             }
             None => None,
         };
-        let client = build_client(&cfg)?;
+        let (client, control_client) = build_clients(&cfg)?;
         let control = Arc::new(HttpControlPlane {
-            client: client.clone(),
+            client: control_client,
         });
         let registry_slot: Slot<RegistryMsg> = Slot::default();
         let discovery_slot: Slot<DiscoveryMsg> = Slot::default();

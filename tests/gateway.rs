@@ -591,3 +591,89 @@ async fn unusable_upstream_ca_file_is_a_startup_error() {
     assert!(err.to_string().contains("UPSTREAM_CA_FILE"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// An `https://` server: a TLS front on 127.0.0.1 (the test certificate for `localhost`
+/// and 127.0.0.1, signed by `tests/fixtures/tls/ca.pem`) relaying to a plain sim.
+async fn tls_front(to: std::net::SocketAddr) -> std::net::SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let certs = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .expect("server.pem")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificates");
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("server.key");
+    let tls = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if let Ok(mut plain) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn https_servers_are_proxied_when_their_ca_is_trusted_and_refused_otherwise() {
+    let s = sim(&["m"]).await;
+    let front = tls_front(s.addr()).await;
+    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls/ca.pem");
+    let trusted = gateway(&[
+        ("BACKENDS", format!("m=https://localhost:{}", front.port())),
+        ("UPSTREAM_CA_FILE", ca.display().to_string()),
+    ])
+    .await;
+    all_healthy(&trusted).await;
+    let r = post(&trusted, "/v1/chat/completions", &chat("m", false)).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["object"], "chat.completion");
+    let r = post(&trusted, "/v1/chat/completions", &chat("m", true)).await;
+    assert_eq!(r.status(), 200);
+    let events = sse_data(&r.text().await.expect("stream"));
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(s.stats().inference_requests, 2);
+    trusted.shutdown().await;
+
+    // Without the CA the server's certificate is not trusted: nothing reaches it. (No
+    // active probe, so the request itself meets the certificate.)
+    let yaml = tempfile::NamedTempFile::new().expect("yaml");
+    std::fs::write(
+        yaml.path(),
+        format!(
+            "servers:\n- url: https://localhost:{}\n  models: [m]\n  discover: false\n  health: none\n",
+            front.port()
+        ),
+    )
+    .expect("write yaml");
+    let untrusted = gateway_with_file(&[], Some(yaml.path().to_path_buf())).await;
+    let r = post(&untrusted, "/v1/chat/completions", &chat("m", false)).await;
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["error"]["code"], "upstream_error", "{v}");
+    assert!(
+        !v.to_string().contains("localhost"),
+        "no server address: {v}"
+    );
+    assert_eq!(s.stats().inference_requests, 2);
+    untrusted.shutdown().await;
+}

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use llmmux_actors::backend::{BackendHandle, Observed};
 use llmmux_actors::registry::RegistryHandle;
@@ -44,7 +44,7 @@ use crate::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::principal::Principal;
 use crate::toolcall::{self, Counters as ToolCallCounters, Family, RequestTools};
-use crate::upstream::ServerExt;
+use crate::upstream::{SendError, ServerExt, UpstreamClient};
 use retry::RetryBudgets;
 
 /// Largest non-streaming upstream answer the gateway will hold.
@@ -54,7 +54,7 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 pub struct Proxy {
     pub registry: RegistryHandle,
     pub streams: StreamSpawner,
-    pub client: reqwest::Client,
+    pub client: UpstreamClient,
     pub budgets: Arc<RetryBudgets>,
     /// `MAX_IN_FLIGHT`, gateway-wide.
     pub concurrency: Arc<Semaphore>,
@@ -170,13 +170,13 @@ fn upstream_error_response(status: StatusCode, body: &[u8]) -> Response<Body> {
     resp
 }
 
-fn classify(e: &reqwest::Error) -> AttemptError {
-    if e.is_timeout() {
-        AttemptError::Timeout
-    } else if e.is_connect() {
-        AttemptError::Connect
-    } else {
-        AttemptError::Reset
+impl From<SendError> for AttemptError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::Connect => AttemptError::Connect,
+            SendError::ConnectTimeout => AttemptError::Timeout,
+            SendError::Broken => AttemptError::Reset,
+        }
     }
 }
 
@@ -205,7 +205,7 @@ enum Answer {
     /// A stream whose headers arrived; `first` is its first chunk if it came within the
     /// keep-alive interval (otherwise the relay waits for it, with keep-alive comments).
     Stream {
-        resp: reqwest::Response,
+        resp: Response<Incoming>,
         first: Option<Bytes>,
     },
     /// A complete body.
@@ -464,17 +464,15 @@ fn usage_of_body(body: &[u8]) -> Option<(u64, u64)> {
     Some((u.prompt_tokens, u.completion_tokens))
 }
 
-async fn read_all(resp: reqwest::Response) -> Result<Bytes, AttemptError> {
+async fn read_all(resp: Response<Incoming>) -> Result<Bytes, AttemptError> {
     // The server's Content-Length sizes the buffer only up to 1 MiB: a server that declares
     // more than it sends must not make the gateway reserve it.
-    let declared = resp.content_length().map(|n| n.min(1 << 20));
-    let body = http::Response::<reqwest::Body>::from(resp).into_body();
-    prepare::collect(body, declared, MAX_RESPONSE_BYTES)
+    let declared = http_body::Body::size_hint(resp.body())
+        .exact()
+        .map(|n| n.min(1 << 20));
+    prepare::collect(resp.into_body(), declared, MAX_RESPONSE_BYTES)
         .await
-        .map_err(|e| match e {
-            prepare::Collect::Read(e) => classify(&e),
-            prepare::Collect::TooLarge => AttemptError::Reset,
-        })
+        .map_err(|_| AttemptError::Reset)
 }
 
 /// `Err(Ok(resp))` is a final answer to relay; `Err(Err(e))` a gateway error.
@@ -604,17 +602,16 @@ impl Call<'_> {
                 headers.insert(header::HOST, host.clone());
             }
         }
-        let request = match ext.and_then(|e| e.url(self.ep.path())) {
-            Some(url) => self.proxy.client.post(url),
-            None => self
-                .proxy
-                .client
-                .post(format!("{}{}", backend.base_url, self.ep.path())),
+        let uri = match ext.and_then(|e| e.url(self.ep.path())) {
+            Some(uri) => uri,
+            // Only a server whose base URL did not parse has no prepared URIs.
+            None => Uri::try_from(format!("{}{}", backend.base_url, self.ep.path()))
+                .map_err(|_| AttemptError::Connect)?,
         };
-        let send = request.headers(headers).body(self.p.body.clone()).send();
+        let send = self.proxy.client.post(uri, headers, self.p.body.clone());
         let stream = self.p.stream;
         let work = async {
-            let resp = send.await.map_err(|e| classify(&e))?;
+            let resp = send.await?;
             let status = resp.status();
             // Only an answer that is not a server error shows the server alive and working.
             if !status.is_server_error() {
@@ -623,11 +620,11 @@ impl Call<'_> {
             if matches!(status.as_u16(), 502..=504) {
                 return Err(AttemptError::Unavailable(
                     status,
-                    resp.bytes().await.unwrap_or_default(),
+                    read_all(resp).await.unwrap_or_default(),
                 ));
             }
             if status == StatusCode::NOT_FOUND {
-                let body = resp.bytes().await.unwrap_or_default();
+                let body = read_all(resp).await.unwrap_or_default();
                 if normalize_upstream_error(status, &body)["error"]["code"] == "model_not_found" {
                     return Err(AttemptError::ModelMissing(body));
                 }
@@ -681,25 +678,39 @@ impl Call<'_> {
     /// gets headers and keep-alive comments) and is never retried.
     async fn first_chunk(
         &self,
-        mut resp: reqwest::Response,
+        mut resp: Response<Incoming>,
         backend: &BackendHandle,
     ) -> Result<Answer, AttemptError> {
         let window = (Instant::now() + self.cfg.stream_keepalive_interval).min(self.deadline);
         let every = self.cfg.on_demand_probe_interval;
-        match tokio::time::timeout_at(window, while_alive(resp.chunk(), backend, every)).await {
+        let first = first_data(resp.body_mut());
+        let waited = tokio::time::timeout_at(window, while_alive(first, backend, every)).await;
+        match waited {
             Err(_) if Instant::now() >= self.deadline => Err(AttemptError::Timeout),
             Err(_) => Ok(Answer::Stream { resp, first: None }),
             Ok(r) => match r? {
-                Ok(Some(first)) => {
+                Some(first) => {
                     backend.progressed();
                     Ok(Answer::Stream {
                         resp,
                         first: Some(first),
                     })
                 }
-                Ok(None) => Err(AttemptError::Reset),
-                Err(e) => Err(classify(&e)),
+                None => Err(AttemptError::Reset),
             },
+        }
+    }
+}
+
+/// The body's next non-empty data; `None` at its end or on a read error (both end the
+/// attempt before anything reached the client).
+async fn first_data(body: &mut Incoming) -> Option<Bytes> {
+    use http_body_util::BodyExt;
+    loop {
+        match body.frame().await?.ok()?.into_data() {
+            Ok(data) if !data.is_empty() => return Some(data),
+            // Empty data and trailers carry nothing to relay.
+            _ => continue,
         }
     }
 }

@@ -34,6 +34,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use llmmux_actors::backend::{BackendHandle, Observed};
 use llmmux_actors::stream::PumpCtx;
 use memchr::memmem;
@@ -74,7 +76,7 @@ pub async fn start_stream(
     proxy: &Proxy,
     cfg: &Config,
     relay: Relay,
-    resp: reqwest::Response,
+    resp: Response<Incoming>,
     first: Option<Bytes>,
     guards: StreamGuards,
 ) -> Result<Response<Body>, GatewayError> {
@@ -87,8 +89,8 @@ pub async fn start_stream(
         .unwrap_or(HeaderValue::from_static("text/event-stream; charset=utf-8"));
     let got_first = first.is_some();
     let upstream = Box::pin(
-        futures_util::stream::iter(first.map(Ok::<Bytes, reqwest::Error>))
-            .chain(resp.bytes_stream()),
+        futures_util::stream::iter(first.map(Ok::<Bytes, hyper::Error>))
+            .chain(resp.into_body().into_data_stream()),
     );
     let repair = relay.repair.map(|(family, tools)| {
         StreamRepair::new(
@@ -205,13 +207,13 @@ impl Drop for Pump {
 /// How reading the upstream failed: the client's error event and the outcome's reason.
 type Failure = (GatewayError, &'static str);
 
-fn transport_failure(_: reqwest::Error) -> Failure {
+fn transport_failure(_: hyper::Error) -> Failure {
     (GatewayError::UpstreamFailed, "upstream_reset")
 }
 
 const INVALID_UTF8: Failure = (GatewayError::UpstreamProtocol, "invalid_utf8");
 
-fn sse_failure(e: SseGuardError<reqwest::Error>) -> Failure {
+fn sse_failure(e: SseGuardError<hyper::Error>) -> Failure {
     match e {
         SseGuardError::Upstream(e) => transport_failure(e),
         SseGuardError::InvalidUtf8 => INVALID_UTF8,
@@ -356,7 +358,7 @@ impl Pump {
 
     async fn run_sse<S>(mut self, upstream: S, ctx: &PumpCtx)
     where
-        S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
+        S: Stream<Item = Result<Bytes, hyper::Error>> + Send + Unpin + 'static,
     {
         let mut events = SseEvents::new(SseGuard::new(upstream, self.max_event_bytes))
             .map(|r| r.map_err(sse_failure));
@@ -426,7 +428,7 @@ impl Pump {
 
     async fn run_raw<S>(mut self, upstream: S, ctx: &PumpCtx)
     where
-        S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
+        S: Stream<Item = Result<Bytes, hyper::Error>> + Send + Unpin + 'static,
     {
         let mut upstream = upstream.map(|r| r.map_err(transport_failure));
         loop {

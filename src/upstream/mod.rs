@@ -1,14 +1,16 @@
-//! The upstream side: one HTTP client for every server, the probe and discovery port
+//! The upstream side: the hot path's HTTP client (`client`), the probe and discovery port
 //! implementations (`control`), and how servers are described (`servers`).
 //!
-//! One `reqwest` client (pooled, HTTP/1.1 keep-alive, no redirects followed, optional private
-//! CA) serves both the request hot path and the control plane (probes, discovery).
+//! Both clients pool HTTP/1.1 keep-alive connections, follow no redirects and trust the
+//! optional private CA: hyper-util's for proxied requests, reqwest's for the control plane.
 
+mod client;
 mod control;
 mod servers;
 
 use std::time::Duration;
 
+pub use client::{read_ca_file, SendError, UpstreamClient};
 pub use control::{parse_model_list, valid_model_id, HttpControlPlane};
 pub use servers::{spec_from_options, specs_from_config, ServerExt};
 
@@ -22,7 +24,24 @@ pub enum UpstreamSetupError {
     Client(String),
 }
 
-pub fn build_client(cfg: &ValidatedConfig) -> Result<reqwest::Client, UpstreamSetupError> {
+/// The clients for proxied requests and for the control plane.
+pub fn build_clients(
+    cfg: &ValidatedConfig,
+) -> Result<(UpstreamClient, reqwest::Client), UpstreamSetupError> {
+    let roots = match &cfg.upstream_ca_file {
+        Some(path) => read_ca_file(path)?,
+        None => Vec::new(),
+    };
+    Ok((
+        UpstreamClient::new(cfg.connect_timeout, &roots)?,
+        control_client(cfg, &roots)?,
+    ))
+}
+
+fn control_client(
+    cfg: &ValidatedConfig,
+    roots: &[rustls_pki_types::CertificateDer<'static>],
+) -> Result<reqwest::Client, UpstreamSetupError> {
     let mut b = reqwest::Client::builder()
         .connect_timeout(cfg.connect_timeout)
         .redirect(reqwest::redirect::Policy::none())
@@ -30,18 +49,10 @@ pub fn build_client(cfg: &ValidatedConfig) -> Result<reqwest::Client, UpstreamSe
         .pool_max_idle_per_host(1024)
         .tcp_nodelay(true)
         .http1_only();
-    if let Some(path) = &cfg.upstream_ca_file {
-        let pem = std::fs::read(path).map_err(|e| UpstreamSetupError::CaFile(e.to_string()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+    for der in roots {
+        let cert = reqwest::Certificate::from_der(der)
             .map_err(|e| UpstreamSetupError::CaFile(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(UpstreamSetupError::CaFile(
-                "no certificate found in the file".into(),
-            ));
-        }
-        for c in certs {
-            b = b.add_root_certificate(c);
-        }
+        b = b.add_root_certificate(cert);
     }
     b.build()
         .map_err(|e| UpstreamSetupError::Client(e.to_string()))

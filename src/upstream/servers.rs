@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use std::hash::{Hash, Hasher};
 
 use llmmux_actors::backend::{BackendId, BackendSpec, HealthCheck, Origin, PassivePolicy};
@@ -19,20 +19,20 @@ pub struct ServerExt {
     /// The base URL, parsed once: parsing it for every request (host, IDNA) cost about a
     /// tenth of the gateway's instructions per request.
     pub base: Option<reqwest::Url>,
-    /// The URL of every proxied endpoint, joined once.
-    endpoints: Vec<(&'static str, reqwest::Url)>,
+    /// The URI of every proxied endpoint, joined and parsed once.
+    endpoints: Vec<(&'static str, Uri)>,
     /// The `Host` header of this server, made once instead of by the HTTP client for every
     /// request.
     pub host: Option<HeaderValue>,
 }
 
 impl ServerExt {
-    /// The URL of `path` on this server (`None` if the base did not parse).
-    pub fn url(&self, path: &str) -> Option<reqwest::Url> {
-        if let Some((_, url)) = self.endpoints.iter().find(|(p, _)| *p == path) {
-            return Some(url.clone());
+    /// The URI of `path` on this server (`None` if the base did not parse).
+    pub fn url(&self, path: &str) -> Option<Uri> {
+        if let Some((_, uri)) = self.endpoints.iter().find(|(p, _)| *p == path) {
+            return Some(uri.clone());
         }
-        self.base.as_ref().map(|b| join(b, path))
+        self.base.as_ref().and_then(|b| join(b, path))
     }
 
     fn new(base: &str, key: Option<&Secret>, extra: &[(String, String)]) -> Result<Self, String> {
@@ -56,7 +56,7 @@ impl ServerExt {
             .flat_map(|b| {
                 crate::proxy::Endpoint::ALL
                     .iter()
-                    .map(move |ep| (ep.path(), join(b, ep.path())))
+                    .filter_map(move |ep| Some((ep.path(), join(b, ep.path())?)))
             })
             .collect();
         let host = base.as_ref().and_then(host_header);
@@ -69,11 +69,11 @@ impl ServerExt {
     }
 }
 
-fn join(base: &reqwest::Url, path: &str) -> reqwest::Url {
+fn join(base: &reqwest::Url, path: &str) -> Option<Uri> {
     let mut url = base.clone();
     let joined = format!("{}{path}", url.path().trim_end_matches('/'));
     url.set_path(&joined);
-    url
+    Uri::try_from(url.as_str()).ok()
 }
 
 /// `host[:port]`, the port only when it is not the scheme's default (as HTTP clients send it).
@@ -294,13 +294,13 @@ mod tests {
             for ep in crate::proxy::Endpoint::ALL {
                 let url = ext.url(ep.path()).expect("url");
                 assert_eq!(
-                    url.as_str(),
+                    url.to_string(),
                     format!("{root}{}", ep.path()).replace(":80/", "/")
                 );
             }
             let other = ext.url("/metrics").expect("url");
             assert_eq!(
-                other.as_str(),
+                other.to_string(),
                 format!("{root}/metrics").replace(":80/", "/")
             );
         }

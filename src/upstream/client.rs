@@ -1,0 +1,135 @@
+//! The request hot path's HTTP client: hyper-util's pooled HTTP/1.1 client over rustls.
+//!
+//! The control plane (probes, discovery) keeps reqwest, whose per-call timeouts and JSON
+//! helpers suit it. Proxied requests skip reqwest's layers: it parsed every request's URL
+//! three times (into its `Url`, again in its redirect layer even with redirects off, and for
+//! the response) and formatted it twice. Measured beside each other on the same hyper
+//! connection code (issue #13): 37k fewer instructions per request, and at c=1 on the
+//! 2-core bench machine about 28 µs less added latency.
+
+use std::error::Error as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::CertificateDer;
+
+use super::UpstreamSetupError;
+
+/// How a request failed before any answer arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("could not connect")]
+    Connect,
+    /// The connection was not made within `CONNECT_TIMEOUT_MS` (a full accept queue is
+    /// as busy as a slow answer).
+    #[error("connect timed out")]
+    ConnectTimeout,
+    /// Closed, reset or not HTTP before the response headers were complete.
+    #[error("connection failed before the answer")]
+    Broken,
+}
+
+/// One pooled client for every server; cheap to clone.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl UpstreamClient {
+    /// `extra_roots` are trusted besides the public web roots (`UPSTREAM_CA_FILE`).
+    pub fn new(
+        connect_timeout: Duration,
+        extra_roots: &[CertificateDer<'static>],
+    ) -> Result<Self, UpstreamSetupError> {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        for cert in extra_roots {
+            roots
+                .add(cert.clone())
+                .map_err(|e| UpstreamSetupError::CaFile(e.to_string()))?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UpstreamSetupError::Client(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Ok(Self { inner })
+    }
+
+    /// POST `body` to `uri`; the answer's headers, its body still to read.
+    pub async fn post(
+        &self,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, SendError> {
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        self.inner.request(req).await.map_err(|e| {
+            if !e.is_connect() {
+                SendError::Broken
+            } else if timed_out(&e) {
+                SendError::ConnectTimeout
+            } else {
+                SendError::Connect
+            }
+        })
+    }
+}
+
+fn timed_out(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// Every certificate of a PEM bundle; an unreadable file or one without any is an error.
+pub fn read_ca_file(
+    path: &std::path::Path,
+) -> Result<Vec<CertificateDer<'static>>, UpstreamSetupError> {
+    use rustls_pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|e| UpstreamSetupError::CaFile(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| UpstreamSetupError::CaFile(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(UpstreamSetupError::CaFile(
+            "no certificate found in the file".into(),
+        ));
+    }
+    Ok(certs)
+}
