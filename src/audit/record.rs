@@ -92,6 +92,22 @@ pub fn micros(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
+/// An address as `Display` writes it. IPv4, nearly every client, is written digit by digit:
+/// `to_string` through the formatter was a fiftieth of a request's instructions.
+fn ip_text(ip: std::net::IpAddr) -> String {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut out = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        out.push_str(itoa::Buffer::new().format(octet));
+    }
+    out
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -114,8 +130,8 @@ impl RequestEntry {
             request_id: r.id.clone(),
             user_id,
             key_id,
-            client_addr: r.client_addr.to_string(),
-            method: r.method.to_string(),
+            client_addr: ip_text(r.client_addr),
+            method: r.method.as_str().to_owned(),
             endpoint: r.endpoint.clone(),
             model: r.model.clone(),
             backend: r.backend.as_ref().map(|b| b.as_str().to_owned()),
@@ -279,6 +295,13 @@ mod line_tests {
     }
 
     proptest! {
+        #[test]
+        fn an_address_is_written_as_display_writes_it(v4 in any::<[u8; 4]>(), v6 in any::<[u8; 16]>()) {
+            for ip in [std::net::IpAddr::from(v4), std::net::IpAddr::from(v6)] {
+                prop_assert_eq!(ip_text(ip), ip.to_string());
+            }
+        }
+
         #[test]
         fn a_request_line_is_the_bytes_serde_writes(e in entry()) {
             let rec = AuditRecord::Request(e);
