@@ -677,3 +677,42 @@ async fn https_servers_are_proxied_when_their_ca_is_trusted_and_refused_otherwis
     assert_eq!(s.stats().inference_requests, 2);
     untrusted.shutdown().await;
 }
+
+#[tokio::test]
+async fn connect_timeout_bounds_the_tls_handshake_too() {
+    // A server that accepts TCP and never answers the handshake.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            open.push(tcp);
+        }
+    });
+    let yaml = tempfile::NamedTempFile::new().expect("yaml");
+    std::fs::write(
+        yaml.path(),
+        format!(
+            "servers:\n- url: https://localhost:{port}\n  models: [m]\n  discover: false\n  health: none\n"
+        ),
+    )
+    .expect("write yaml");
+    // The request's deadline is far beyond the test client's 20 s: only CONNECT_TIMEOUT
+    // (500 ms here) can end the attempt in time.
+    let app = gateway_with_file(
+        &[
+            ("REQUEST_TIMEOUT", "60000".into()),
+            ("MAX_ATTEMPTS", "1".into()),
+        ],
+        Some(yaml.path().to_path_buf()),
+    )
+    .await;
+    let r = post(&app, "/v1/chat/completions", &chat("m", false)).await;
+    assert_eq!(r.status(), 504);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["error"]["code"], "upstream_timeout", "{v}");
+    app.shutdown().await;
+    held.abort();
+}
