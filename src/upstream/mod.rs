@@ -10,7 +10,8 @@ mod servers;
 
 use std::time::Duration;
 
-pub use client::{read_ca_file, SendError, UpstreamClient};
+use client::read_ca_file;
+pub use client::{SendError, UpstreamClient};
 pub use control::{parse_model_list, valid_model_id, HttpControlPlane};
 pub use servers::{spec_from_options, specs_from_config, ServerExt};
 
