@@ -190,7 +190,7 @@ async fn ten_thousand_requests_through_a_ten_second_database_outage_land_exactly
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_synced_to_the_spool_survive_sigkill_and_are_replayed_once() {
+async fn records_written_to_the_spool_survive_sigkill_and_are_replayed_once() {
     let mut pg = ThrowawayPg::start();
     let db = TestDb::create_on(&pg.server()).await;
     let s = fast_sim().await;

@@ -1,5 +1,5 @@
 //! The local audit journal used without `DATABASE_URL` (the embedded default): one JSON
-//! line per record, appended and synced per batch like the spool. Past
+//! line per record, appended per batch and synced when the writer asks (like the spool). Past
 //! `AUDIT_JOURNAL_MAX_BYTES` the file is renamed to `<path>.1` (replacing an older one)
 //! and a new file is started, so the journal's disk use stays bounded.
 
@@ -10,11 +10,26 @@ use std::sync::{Arc, Mutex};
 
 use super::record::AuditRecord;
 
+/// The file being appended to.
+struct Open {
+    file: File,
+    len: u64,
+    /// Written since the last sync.
+    dirty: bool,
+}
+
 #[derive(Clone)]
 pub struct Journal {
     path: Arc<PathBuf>,
     max_bytes: u64,
-    file: Arc<Mutex<Option<(File, u64)>>>,
+    file: Arc<Mutex<Slot>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    open: Option<Open>,
+    /// A rotated file's sync failed: the next [`Journal::sync_blocking`] reports it.
+    close_failed: bool,
 }
 
 fn rotated(path: &Path) -> PathBuf {
@@ -32,45 +47,74 @@ impl Journal {
         let j = Journal {
             path: Arc::new(path.to_owned()),
             max_bytes,
-            file: Arc::new(Mutex::new(None)),
+            file: Arc::new(Mutex::new(Slot::default())),
         };
         let f = j.open_file()?;
-        *j.file.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+        j.file.lock().unwrap_or_else(|p| p.into_inner()).open = Some(f);
         Ok(j)
     }
 
-    fn open_file(&self) -> std::io::Result<(File, u64)> {
-        let f = OpenOptions::new()
+    fn open_file(&self) -> std::io::Result<Open> {
+        let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&*self.path)?;
-        let len = f.metadata()?.len();
-        Ok((f, len))
+        let len = file.metadata()?.len();
+        Ok(Open {
+            file,
+            len,
+            dirty: false,
+        })
     }
 
-    /// Appends and syncs a batch (blocking I/O).
+    /// Appends a batch (blocking I/O); [`Journal::sync_blocking`] makes it durable.
     pub fn append_blocking(&self, batch: &[AuditRecord]) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(batch.len() * 512);
         super::record::write_lines(batch, &mut buf)?;
         let mut slot = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.as_ref().is_some_and(|(_, len)| *len >= self.max_bytes) {
-            *slot = None;
+        if let Some(full) = slot.open.take_if(|o| o.len >= self.max_bytes) {
+            // The file is closed here, so what it holds unsynced is synced now or never.
+            if full.dirty {
+                if let Err(e) = full.file.sync_data() {
+                    slot.close_failed = true;
+                    return Err(e);
+                }
+            }
             std::fs::rename(&*self.path, rotated(&self.path))?;
         }
-        if slot.is_none() {
-            *slot = Some(self.open_file()?);
+        if slot.open.is_none() {
+            slot.open = Some(self.open_file()?);
         }
-        let Some((file, len)) = slot.as_mut() else {
+        let Some(open) = slot.open.as_mut() else {
             return Err(std::io::Error::other("journal not open"));
         };
-        if let Err(e) = file.write_all(&buf).and_then(|()| file.sync_data()) {
+        if let Err(e) = open.file.write_all(&buf) {
             // Cut a partial line off (the next batch must start on a line of its own), and
             // reopen next time.
-            let _ = file.set_len(*len);
-            *slot = None;
+            let _ = open.file.set_len(open.len);
+            slot.open = None;
             return Err(e);
         }
-        *len += buf.len() as u64;
+        open.len += buf.len() as u64;
+        open.dirty = true;
+        Ok(())
+    }
+
+    /// Syncs what was appended since the last sync (blocking I/O). After a failure the
+    /// file is reopened: the writer appends what the sync covered again.
+    pub fn sync_blocking(&self) -> std::io::Result<()> {
+        let mut slot = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if std::mem::take(&mut slot.close_failed) {
+            return Err(std::io::Error::other("syncing the rotated journal failed"));
+        }
+        let Some(open) = slot.open.as_mut().filter(|o| o.dirty) else {
+            return Ok(());
+        };
+        if let Err(e) = open.file.sync_data() {
+            slot.open = None;
+            return Err(e);
+        }
+        open.dirty = false;
         Ok(())
     }
 

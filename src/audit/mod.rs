@@ -5,7 +5,8 @@
 //! requests, an [`ActivityHook`] for identity events, [`Audit::activity`] for the admin
 //! routes). The writer batches them into PostgreSQL when `DATABASE_URL` is set, else into
 //! the local JSON-lines journal; while the store is down or slow they wait in the spool
-//! directory (synced to disk) and are replayed in order when it returns.
+//! directory (on disk, synced every `AUDIT_SYNC_INTERVAL`) and are replayed in order when it
+//! returns.
 
 pub mod journal;
 pub mod pg;
@@ -47,6 +48,7 @@ pub struct AuditSettings {
     pub queue_capacity: usize,
     pub batch_size: usize,
     pub flush_interval: Duration,
+    pub sync_interval: Duration,
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
     pub on_full: OnFull,
@@ -65,6 +67,7 @@ impl AuditSettings {
             queue_capacity: c.audit_queue_capacity,
             batch_size: c.audit_batch_size,
             flush_interval: c.audit_flush_interval,
+            sync_interval: c.audit_sync_interval,
             spool_dir: c.audit_spool_dir.clone(),
             spool_max_bytes: c.audit_spool_max_bytes,
             on_full: c.audit_on_full,
@@ -107,15 +110,31 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|_| "blocking task failed".to_owned())
 }
 
+/// How a batch is written to the store.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// Made durable by the writer's next sync.
+    Deferred,
+    /// Durable before the call returns: a replayed batch, which the spool forgets next.
+    Now,
+}
+
 impl Storage {
-    async fn store_batch(&self, batch: Batch<AuditRecord>) -> Result<(), String> {
+    async fn store_batch(&self, batch: Batch<AuditRecord>, d: Durability) -> Result<(), String> {
         match &self.store {
+            // A commit is durable: PostgreSQL syncs its WAL before it answers.
             Store::Pg(pg) => pg.store(&batch).await.map_err(|e| e.to_string()),
             Store::Journal(j) => {
                 let j = j.clone();
-                blocking(move || j.append_blocking(&batch))
-                    .await?
-                    .map_err(|e| format!("journal: {}", e.kind()))
+                blocking(move || {
+                    j.append_blocking(&batch)?;
+                    match d {
+                        Durability::Now => j.sync_blocking(),
+                        Durability::Deferred => Ok(()),
+                    }
+                })
+                .await?
+                .map_err(|e| format!("journal: {}", e.kind()))
             }
         }
     }
@@ -125,7 +144,7 @@ impl AuditPort for Storage {
     type Record = AuditRecord;
 
     fn store(&self, batch: Batch<AuditRecord>) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(self.store_batch(batch))
+        Box::pin(self.store_batch(batch, Durability::Deferred))
     }
 
     fn spool(&self, batch: Batch<AuditRecord>) -> BoxFuture<'_, Result<(), SpoolError>> {
@@ -144,10 +163,31 @@ impl AuditPort for Storage {
                 .await?
                 .map_err(|e| format!("spool: {}", e.kind()))?;
             if !records.is_empty() {
-                self.store_batch(Arc::new(records)).await?;
+                self.store_batch(Arc::new(records), Durability::Now).await?;
             }
             self.spool.commit(mark);
             Ok(!self.spool.has_records())
+        })
+    }
+
+    fn sync(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let (spool, journal) = match &self.store {
+                Store::Journal(j) => (self.spool.clone(), Some(j.clone())),
+                Store::Pg(_) => (self.spool.clone(), None),
+            };
+            blocking(move || {
+                spool
+                    .sync_blocking()
+                    .map_err(|e| format!("spool: {}", e.kind()))?;
+                match journal {
+                    Some(j) => j
+                        .sync_blocking()
+                        .map_err(|e| format!("journal: {}", e.kind())),
+                    None => Ok(()),
+                }
+            })
+            .await?
         })
     }
 
@@ -206,6 +246,7 @@ impl Audit {
             storage: Arc::new(Storage { store, spool }),
             cfg: WriterConfig {
                 flush_interval: s.flush_interval,
+                sync_interval: s.sync_interval,
                 store_timeout: s.store_timeout,
                 on_full: s.on_full,
                 replay_backoff: (Duration::from_millis(250), Duration::from_secs(5)),

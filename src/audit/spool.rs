@@ -1,8 +1,9 @@
 //! The audit spool: an append-only directory of JSON-lines segments where records wait
 //! while the store is down or slow, replayed oldest first when it answers again.
 //!
-//! Each append writes whole lines and syncs them (`fdatasync`) before returning, so a
-//! record the writer counted as spooled survives a crash or SIGKILL. After a restart the
+//! Each append writes whole lines, so a record the writer counted as spooled survives the
+//! process (a crash, SIGKILL); [`Spool::sync_blocking`] (`fdatasync`), called by the writer
+//! at most every `AUDIT_SYNC_INTERVAL`, makes it survive the machine. After a restart the
 //! writer never appends to an old segment (its tail may be torn): it starts a new one,
 //! and a torn last line is skipped on replay. The replay cursor lives in memory; a crash
 //! mid-replay replays the segment again, which the store's `(id, ts)` key makes harmless.
@@ -34,11 +35,20 @@ struct State {
     /// Oldest first.
     segments: VecDeque<Segment>,
     /// The segment being appended to (always the newest), opened by this process.
-    writer: Option<(u64, File)>,
+    writer: Option<Appending>,
+    /// A closed segment's sync failed: the next [`Spool::sync_blocking`] reports it.
+    close_failed: bool,
     /// Replay position in the oldest segment.
     read_offset: u64,
     total: u64,
     next_seq: u64,
+}
+
+struct Appending {
+    seq: u64,
+    file: File,
+    /// Written since the last sync.
+    dirty: bool,
 }
 
 /// Where a replay read ended: committed once its records are stored.
@@ -102,6 +112,7 @@ impl Spool {
             state: Arc::new(Mutex::new(State {
                 segments: segments.into(),
                 writer: None,
+                close_failed: false,
                 read_offset: 0,
                 total,
                 next_seq,
@@ -127,7 +138,7 @@ impl Spool {
         }
     }
 
-    /// Appends `batch` and syncs it (blocking I/O: call from a blocking thread).
+    /// Appends `batch` (blocking I/O: call from a blocking thread).
     pub fn append_blocking(&self, batch: &[AuditRecord]) -> Result<(), SpoolError> {
         let mut buf = Vec::with_capacity(batch.len() * 512);
         super::record::write_lines(batch, &mut buf).map_err(|e| SpoolError::Io(e.to_string()))?;
@@ -142,12 +153,19 @@ impl Spool {
         let io = |e: std::io::Error| SpoolError::Io(e.kind().to_string());
         let rotate = match &st.writer {
             None => true,
-            Some((seq, _)) => st
+            Some(w) => st
                 .segments
                 .back()
-                .is_none_or(|s| s.seq != *seq || s.len >= SEGMENT_BYTES),
+                .is_none_or(|s| s.seq != w.seq || s.len >= SEGMENT_BYTES),
         };
         if rotate {
+            // The segment is closed here, so what it holds unsynced is synced now or never.
+            if let Some(old) = st.writer.take().filter(|w| w.dirty) {
+                if let Err(e) = old.file.sync_data() {
+                    st.close_failed = true;
+                    return Err(io(e));
+                }
+            }
             let seq = st.next_seq;
             let file = OpenOptions::new()
                 .create_new(true)
@@ -160,21 +178,43 @@ impl Spool {
             }
             st.next_seq += 1;
             st.segments.push_back(Segment { seq, len: 0 });
-            st.writer = Some((seq, file));
+            st.writer = Some(Appending {
+                seq,
+                file,
+                dirty: false,
+            });
         }
-        let Some((_, file)) = st.writer.as_mut() else {
+        let Some(w) = st.writer.as_mut() else {
             return Err(SpoolError::Io("no segment open".into()));
         };
-        let written = file.write_all(&buf).and_then(|()| file.sync_data());
-        if let Err(e) = written {
+        if let Err(e) = w.file.write_all(&buf) {
             // The segment may now end in a partial line: start a new one next time.
             st.writer = None;
             return Err(io(e));
         }
+        w.dirty = true;
         if let Some(seg) = st.segments.back_mut() {
             seg.len += len;
         }
         st.total += len;
+        Ok(())
+    }
+
+    /// Syncs what was appended since the last sync (blocking I/O). After a failure the
+    /// next append starts a new segment: the writer appends what the sync covered again.
+    pub fn sync_blocking(&self) -> std::io::Result<()> {
+        let mut st = self.lock();
+        if std::mem::take(&mut st.close_failed) {
+            return Err(std::io::Error::other("syncing a closed segment failed"));
+        }
+        let Some(w) = st.writer.as_mut().filter(|w| w.dirty) else {
+            return Ok(());
+        };
+        if let Err(e) = w.file.sync_data() {
+            st.writer = None;
+            return Err(e);
+        }
+        w.dirty = false;
         Ok(())
     }
 
@@ -185,7 +225,7 @@ impl Spool {
             return Ok((Vec::new(), ReadMark { seq: 0, offset: 0 }));
         };
         let (seq, seg_len, start) = (seg.seq, seg.len, st.read_offset);
-        let active = st.writer.as_ref().is_some_and(|(s, _)| *s == seq);
+        let active = st.writer.as_ref().is_some_and(|w| w.seq == seq);
         drop(st);
         let mut file = BufReader::new(File::open(seg_path(&self.dir, seq))?);
         file.seek(SeekFrom::Start(start))?;
@@ -229,7 +269,7 @@ impl Spool {
         if mark.offset < len {
             return;
         }
-        if st.writer.as_ref().is_some_and(|(s, _)| *s == seq) {
+        if st.writer.as_ref().is_some_and(|w| w.seq == seq) {
             st.writer = None;
         }
         st.segments.pop_front();

@@ -69,6 +69,26 @@ fn all_problems_reported_at_once_naming_the_variable() {
 }
 
 #[test]
+fn audit_sync_interval_defaults_to_100_ms_and_takes_0_to_1000() {
+    let base = [("BACKENDS", "m:127.0.0.1:8000"), ("API_KEYS", "a")];
+    let c = load(&base).expect("valid");
+    assert_eq!(c.audit_sync_interval, Duration::from_millis(100));
+    for (v, ok) in [("0", true), ("1000", true), ("1001", false), ("-1", false)] {
+        let r = load(&[base[0], base[1], ("AUDIT_SYNC_INTERVAL", v)]);
+        match r {
+            Ok(c) => {
+                assert!(ok, "{v} accepted");
+                assert_eq!(c.audit_sync_interval.as_millis().to_string(), v);
+            }
+            Err(errs) => {
+                assert!(!ok, "{v} refused: {errs:?}");
+                assert_eq!(errs[0].name, "AUDIT_SYNC_INTERVAL");
+            }
+        }
+    }
+}
+
+#[test]
 fn cors_rules() {
     assert_eq!(
         load(&[("ENABLE_CORS", "true"), ("CORS_ORIGIN", "*")])

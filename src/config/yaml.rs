@@ -228,6 +228,7 @@ pub(super) const KNOWN: &[&str] = &[
     "audit_queue_capacity",
     "audit_batch_size",
     "audit_flush_interval",
+    "audit_sync_interval",
     "audit_spool_dir",
     "audit_spool_max_bytes",
     "audit_on_full",
