@@ -108,27 +108,45 @@ fn report(errors: &[ConfigError]) -> i32 {
 }
 
 pub fn main_exit_code() -> i32 {
-    let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut cli = Cli::parse();
+    let command = cli.command.take().unwrap_or(Command::Serve);
+    // `serve` reads its configuration before the runtime starts: the runtime's size is part
+    // of it.
+    let serve_cfg = match command {
+        Command::Serve => match load_config(cli.config.clone(), &process_env) {
+            Ok(cfg) => Some(cfg),
+            Err(errors) => return report(&errors),
+        },
+        _ => None,
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = serve_cfg
+        .as_ref()
+        .map(|c| c.worker_threads)
+        .filter(|n| *n > 0)
     {
+        runtime.worker_threads(n);
+    }
+    let rt = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
             return 1;
         }
     };
-    rt.block_on(run(cli))
+    match serve_cfg {
+        Some(cfg) => rt.block_on(serve(cfg, ConfigSource::process(cli.config))),
+        None => rt.block_on(run(command, cli.config)),
+    }
 }
 
-async fn run(cli: Cli) -> i32 {
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => match load_config(cli.config.clone(), &process_env) {
-            Ok(cfg) => serve(cfg, ConfigSource::process(cli.config)).await,
+async fn run(command: Command, config: Option<PathBuf>) -> i32 {
+    match command {
+        Command::Serve => match load_config(config.clone(), &process_env) {
+            Ok(cfg) => serve(cfg, ConfigSource::process(config)).await,
             Err(errors) => report(&errors),
         },
-        Command::CheckConfig => match load_config(cli.config, &process_env) {
+        Command::CheckConfig => match load_config(config, &process_env) {
             Ok(cfg) => {
                 print!("{}", cfg.render_masked());
                 if !cfg.has_backends() {
@@ -138,17 +156,17 @@ async fn run(cli: Cli) -> i32 {
             }
             Err(errors) => report(&errors),
         },
-        Command::Demo => demo(cli.config).await,
-        Command::Migrate => match load_config(cli.config, &process_env) {
+        Command::Demo => demo(config).await,
+        Command::Migrate => match load_config(config, &process_env) {
             Ok(cfg) => migrate(cfg).await,
             Err(errors) => report(&errors),
         },
-        Command::CreateAdmin { username } => match load_config(cli.config, &process_env) {
+        Command::CreateAdmin { username } => match load_config(config, &process_env) {
             Ok(cfg) => create_admin(cfg, username).await,
             Err(errors) => report(&errors),
         },
         Command::SimVllm(args) => sim_vllm(args).await,
-        Command::Healthcheck { url } => healthcheck(url, cli.config).await,
+        Command::Healthcheck { url } => healthcheck(url, config).await,
     }
 }
 

@@ -105,6 +105,8 @@ pub struct Config {
     // --- front door ---
     /// `None`: derived from the file-descriptor limit at start.
     pub max_connections: Option<usize>,
+    /// Runtime worker threads; 0: one per CPU.
+    pub worker_threads: usize,
     pub client_send_timeout: Duration,
     pub max_header_bytes: usize,
     pub keepalive_timeout: Duration,
@@ -335,6 +337,13 @@ impl ValidatedConfig {
             c.max_connections
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "(from the file limit)".into()),
+        );
+        line(
+            "WORKER_THREADS",
+            match c.worker_threads {
+                0 => "(one per CPU)".into(),
+                n => n.to_string(),
+            },
         );
         line("CLIENT_SEND_TIMEOUT", ms(c.client_send_timeout));
         line("MAX_HEADER_BYTES", c.max_header_bytes.to_string());
@@ -585,6 +594,7 @@ impl Config {
             max_connections: v!("MAX_CONNECTIONS")
                 .filter(|s| !s.trim().is_empty())
                 .map(|s| p.num("MAX_CONNECTIONS", Some(s), 0usize)),
+            worker_threads: p.num("WORKER_THREADS", v!("WORKER_THREADS"), 0usize),
             client_send_timeout: p.ms("CLIENT_SEND_TIMEOUT", v!("CLIENT_SEND_TIMEOUT"), 60_000),
             max_header_bytes: p.num("MAX_HEADER_BYTES", v!("MAX_HEADER_BYTES"), 64 * 1024usize),
             keepalive_timeout: p.ms("KEEPALIVE_TIMEOUT", v!("KEEPALIVE_TIMEOUT"), 75_000),
@@ -755,6 +765,9 @@ fn validate(c: &Config) -> Vec<ConfigError> {
     }
     if c.sse_max_event_bytes < 1024 {
         err("SSE_MAX_EVENT_BYTES", "must be at least 1024");
+    }
+    if c.worker_threads > 1024 {
+        err("WORKER_THREADS", "must be between 0 (one per CPU) and 1024");
     }
     if c.max_connections == Some(0) {
         err(

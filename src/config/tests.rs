@@ -89,6 +89,19 @@ fn audit_sync_interval_defaults_to_100_ms_and_takes_0_to_1000() {
 }
 
 #[test]
+fn worker_threads_default_to_one_per_cpu_and_are_bounded() {
+    let base = [("BACKENDS", "m:127.0.0.1:8000"), ("API_KEYS", "a")];
+    assert_eq!(load(&base).expect("valid").worker_threads, 0);
+    let one = load(&[base[0], base[1], ("WORKER_THREADS", "1")]).expect("valid");
+    assert_eq!(one.worker_threads, 1);
+    assert!(one.render_masked().contains("WORKER_THREADS=1"));
+    for bad in ["1025", "two", "-1"] {
+        let errs = load(&[base[0], base[1], ("WORKER_THREADS", bad)]).expect_err(bad);
+        assert_eq!(errs[0].name, "WORKER_THREADS", "{bad}");
+    }
+}
+
+#[test]
 fn cors_rules() {
     assert_eq!(
         load(&[("ENABLE_CORS", "true"), ("CORS_ORIGIN", "*")])

@@ -199,6 +199,7 @@ pub(super) const KNOWN: &[&str] = &[
     "on_demand_probe_interval",
     "sse_max_event_bytes",
     "max_connections",
+    "worker_threads",
     "client_send_timeout",
     "max_header_bytes",
     "keepalive_timeout",
