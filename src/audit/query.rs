@@ -6,7 +6,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -86,23 +86,34 @@ fn invalid(param: &'static str, reason: impl Into<String>) -> QueryError {
 
 /// RFC 3339, a date (`2026-11-28`, midnight UTC) or Unix seconds.
 fn time(param: &'static str, v: &str) -> Result<i64, QueryError> {
+    let us = parse_time(v).ok_or_else(|| {
+        invalid(
+            param,
+            format!("{param} must be an RFC 3339 time, a date (YYYY-MM-DD) or Unix seconds"),
+        )
+    })?;
+    // Answers echo the range back as RFC 3339, which stops at year 9999 (and chrono earlier
+    // still: a time past it would come back as 1970).
+    let year = DateTime::<Utc>::from_timestamp_micros(us).map(|t| t.year());
+    if !year.is_some_and(|y| (0..=9999).contains(&y)) {
+        return Err(invalid(
+            param,
+            format!("{param} must fall between the years 0 and 9999"),
+        ));
+    }
+    Ok(us)
+}
+
+fn parse_time(v: &str) -> Option<i64> {
     if let Ok(t) = DateTime::parse_from_rfc3339(v) {
-        return Ok(t.timestamp_micros());
+        return Some(t.timestamp_micros());
     }
     if let Ok(d) = NaiveDate::parse_from_str(v, "%Y-%m-%d") {
-        if let Some(t) = d.and_hms_opt(0, 0, 0) {
-            return Ok(t.and_utc().timestamp_micros());
-        }
+        return d
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp_micros());
     }
-    if let Ok(secs) = v.parse::<i64>() {
-        if let Some(us) = secs.checked_mul(1_000_000) {
-            return Ok(us);
-        }
-    }
-    Err(invalid(
-        param,
-        format!("{param} must be an RFC 3339 time, a date (YYYY-MM-DD) or Unix seconds"),
-    ))
+    v.parse::<i64>().ok()?.checked_mul(1_000_000)
 }
 
 fn pairs(query: Option<&str>) -> Vec<(String, String)> {
@@ -596,6 +607,22 @@ mod tests {
             a
         );
         assert!(time("since", "yesterday").is_err());
+    }
+
+    /// A time the answer could not spell back (it came back as 1970) is refused.
+    #[test]
+    fn times_past_year_9999_are_refused() {
+        assert!(time("until", "9999-12-31").is_ok());
+        for v in [
+            "253402300800",
+            "9000000000000",
+            "-62167219201",
+            "+10000-01-01",
+        ] {
+            let e = time("until", v).expect_err(v);
+            assert!(e.to_string().contains("until"), "{v}: {e}");
+        }
+        assert!(parse_usage(Some("until=9000000000000"), 0).is_err());
     }
 
     #[test]
