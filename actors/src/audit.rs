@@ -15,7 +15,9 @@
 //! `sync_interval` (after every write when it is zero) and keeps each written batch until
 //! its sync succeeds; a sync that fails sends those batches again, to the spool. A sync
 //! takes a fraction of a millisecond on a small VM; one per flush under light load showed
-//! in the requests' tail latency. A full spool either drops (counted) or, in `reject` mode, keeps the batch and
+//! in the requests' tail latency.
+//!
+//! A full spool either drops (counted) or, in `reject` mode, keeps the batch and
 //! raises [`AuditStats::rejecting`] so the gateway refuses new requests until room returns.
 //!
 //! The I/O lives behind [`AuditPort`], implemented by the gateway (PostgreSQL or a local
