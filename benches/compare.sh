@@ -124,7 +124,7 @@ run_streams() {
         env HOST=127.0.0.1 PORT=$port BACKENDS=mock-model=http://127.0.0.1:$mockp LOG_LEVEL=warn \
           MAX_IN_FLIGHT_PER_SERVER=0 MAX_IN_FLIGHT=1000000 MAX_CONNECTIONS=1000000 \
           API_KEYS=sk-bench-key AUDIT_SPOOL_DIR="$out/spool" AUDIT_JOURNAL_PATH="$out/audit.jsonl" \
-          "$BIN" serve > "$out/llmmux.log" 2>&1 & pid=$! ;;
+          ${LLMMUX_ENV:-} "$BIN" serve > "$out/llmmux.log" 2>&1 & pid=$! ;;
     esac
     for _ in $(seq 1 100); do curl -s -o /dev/null "${url%/v1/*}/v1/models" -H 'authorization: Bearer sk-bench-key' && break; sleep 0.1; done
     curl -s -o /dev/null "$url" -H 'authorization: Bearer sk-bench-key' -H 'content-type: application/json' \
