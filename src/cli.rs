@@ -108,42 +108,15 @@ fn report(errors: &[ConfigError]) -> i32 {
 }
 
 pub fn main_exit_code() -> i32 {
-    let mut cli = Cli::parse();
-    let command = cli.command.take().unwrap_or(Command::Serve);
-    // `serve` reads its configuration before the runtime starts: the runtime's size is part
-    // of it.
-    let serve_cfg = match command {
-        Command::Serve => match load_config(cli.config.clone(), &process_env) {
-            Ok(cfg) => Some(cfg),
-            Err(errors) => return report(&errors),
-        },
-        _ => None,
-    };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = serve_cfg
-        .as_ref()
-        .map(|c| c.worker_threads)
-        .filter(|n| *n > 0)
-    {
-        runtime.worker_threads(n);
-    }
-    let rt = match runtime.enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return 1;
-        }
-    };
-    match serve_cfg {
-        Some(cfg) => rt.block_on(serve(cfg, ConfigSource::process(cli.config))),
-        None => rt.block_on(run(command, cli.config)),
-    }
-}
-
-async fn run(command: Command, config: Option<PathBuf>) -> i32 {
-    match command {
+    let cli = Cli::parse();
+    let config = cli.config;
+    match cli.command.unwrap_or(Command::Serve) {
+        // The configuration comes first: the runtime's size is part of it.
         Command::Serve => match load_config(config.clone(), &process_env) {
-            Ok(cfg) => serve(cfg, ConfigSource::process(config)).await,
+            Ok(cfg) => block_on(
+                cfg.worker_threads,
+                serve(cfg, ConfigSource::process(config)),
+            ),
             Err(errors) => report(&errors),
         },
         Command::CheckConfig => match load_config(config, &process_env) {
@@ -156,17 +129,32 @@ async fn run(command: Command, config: Option<PathBuf>) -> i32 {
             }
             Err(errors) => report(&errors),
         },
-        Command::Demo => demo(config).await,
+        Command::Demo => block_on(0, demo(config)),
         Command::Migrate => match load_config(config, &process_env) {
-            Ok(cfg) => migrate(cfg).await,
+            Ok(cfg) => block_on(0, migrate(cfg)),
             Err(errors) => report(&errors),
         },
         Command::CreateAdmin { username } => match load_config(config, &process_env) {
-            Ok(cfg) => create_admin(cfg, username).await,
+            Ok(cfg) => block_on(0, create_admin(cfg, username)),
             Err(errors) => report(&errors),
         },
-        Command::SimVllm(args) => sim_vllm(args).await,
-        Command::Healthcheck { url } => healthcheck(url, config).await,
+        Command::SimVllm(args) => block_on(0, sim_vllm(args)),
+        Command::Healthcheck { url } => block_on(0, healthcheck(url, config)),
+    }
+}
+
+/// Runs `f` on a multi-threaded runtime of `workers` threads (0: one per CPU).
+fn block_on(workers: usize, f: impl std::future::Future<Output = i32>) -> i32 {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        runtime.worker_threads(workers);
+    }
+    match runtime.enable_all().build() {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            1
+        }
     }
 }
 

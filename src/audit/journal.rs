@@ -28,7 +28,8 @@ pub struct Journal {
 #[derive(Default)]
 struct Slot {
     open: Option<Open>,
-    /// A rotated file's sync failed: the next [`Journal::sync_blocking`] reports it.
+    /// A file was closed (rotated, or after a failed write) without its unsynced writes
+    /// known to be on disk: the next [`Journal::sync_blocking`] reports it.
     close_failed: bool,
 }
 
@@ -90,8 +91,10 @@ impl Journal {
         };
         if let Err(e) = open.file.write_all(&buf) {
             // Cut a partial line off (the next batch must start on a line of its own), and
-            // reopen next time.
+            // reopen next time. What the file held unsynced is not known to be on disk: the
+            // next sync reports that, so the writer appends those batches again.
             let _ = open.file.set_len(open.len);
+            slot.close_failed |= open.dirty;
             slot.open = None;
             return Err(e);
         }
@@ -105,7 +108,9 @@ impl Journal {
     pub fn sync_blocking(&self) -> std::io::Result<()> {
         let mut slot = self.file.lock().unwrap_or_else(|p| p.into_inner());
         if std::mem::take(&mut slot.close_failed) {
-            return Err(std::io::Error::other("syncing the rotated journal failed"));
+            return Err(std::io::Error::other(
+                "a closed journal file was not synced",
+            ));
         }
         let Some(open) = slot.open.as_mut().filter(|o| o.dirty) else {
             return Ok(());

@@ -36,7 +36,8 @@ struct State {
     segments: VecDeque<Segment>,
     /// The segment being appended to (always the newest), opened by this process.
     writer: Option<Appending>,
-    /// A closed segment's sync failed: the next [`Spool::sync_blocking`] reports it.
+    /// A segment was closed (rotated, or after a failed write) without its unsynced writes
+    /// known to be on disk: the next [`Spool::sync_blocking`] reports it.
     close_failed: bool,
     /// Replay position in the oldest segment.
     read_offset: u64,
@@ -188,7 +189,10 @@ impl Spool {
             return Err(SpoolError::Io("no segment open".into()));
         };
         if let Err(e) = w.file.write_all(&buf) {
-            // The segment may now end in a partial line: start a new one next time.
+            // The segment may now end in a partial line: start a new one next time. What it
+            // held unsynced is not known to be on disk: the next sync reports that, so the
+            // writer appends those batches again.
+            st.close_failed |= w.dirty;
             st.writer = None;
             return Err(io(e));
         }
@@ -205,7 +209,7 @@ impl Spool {
     pub fn sync_blocking(&self) -> std::io::Result<()> {
         let mut st = self.lock();
         if std::mem::take(&mut st.close_failed) {
-            return Err(std::io::Error::other("syncing a closed segment failed"));
+            return Err(std::io::Error::other("a closed segment was not synced"));
         }
         let Some(w) = st.writer.as_mut().filter(|w| w.dirty) else {
             return Ok(());

@@ -142,8 +142,9 @@ pub struct Config {
     pub audit_body_max_bytes: usize,
     pub audit_queue_capacity: usize,
     pub audit_batch_size: usize,
-    /// Longest time a record waits in memory before it is written and synced.
+    /// Longest time a record waits in memory before it is written.
     pub audit_flush_interval: Duration,
+    /// Least time between two syncs of the journal and spool; zero syncs every write.
     pub audit_sync_interval: Duration,
     pub audit_spool_dir: PathBuf,
     pub audit_spool_max_bytes: u64,
