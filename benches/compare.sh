@@ -57,36 +57,17 @@ run_audit_off() {
     bash "$BENCH_DIR/run.sh"
 }
 
-psql_admin() { psql "$PG dbname=postgres" -qAt -v ON_ERROR_STOP=1 -c "$1"; }
+# shellcheck source=benches/governed.sh
+source "$ROOT/benches/governed.sh"
 
 run_governed() {
   echo "== governed: database API key with rate limits, audit to PostgreSQL"
-  local db=llmmux_bench url secret=bench-jwt-secret-0123456789abcdef-0123456789 port
-  psql_admin "DROP DATABASE IF EXISTS $db WITH (FORCE)"
-  psql_admin "CREATE DATABASE $db"
-  local host port_pg user
-  host=$(sed -n 's/.*host=\([^ ]*\).*/\1/p' <<<"$PG"); port_pg=$(sed -n 's/.*port=\([^ ]*\).*/\1/p' <<<"$PG")
-  user=$(sed -n 's/.*user=\([^ ]*\).*/\1/p' <<<"$PG")
-  url="postgres://$user@${host:-127.0.0.1}:${port_pg:-5432}/$db"
-  # A user and an API key, created through the API of a gateway started for that.
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  env -i PATH="$PATH" HOST=127.0.0.1 PORT="$port" BACKENDS=m=http://127.0.0.1:9 DATABASE_URL="$url" \
-    JWT_SECRET="$secret" ADMIN_PASSWORD=bench-admin-password LOG_LEVEL=warn \
-    AUDIT_SPOOL_DIR="$WORK/spool0" "$BIN" serve > "$WORK/setup.log" 2>&1 &
-  local gw=$!
-  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
-  local token key
-  token=$(curl -sf "http://127.0.0.1:$port/auth/login" -H 'content-type: application/json' \
-    -d '{"username":"superadmin","password":"bench-admin-password"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-  key=$(curl -sf "http://127.0.0.1:$port/auth/api-keys" -H "authorization: Bearer $token" \
-    -H 'content-type: application/json' \
-    -d '{"name":"bench","rpm_limit":100000000,"tpm_limit":1000000000000}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
-  kill "$gw"; wait "$gw" 2>/dev/null || true
-  TARGETS="${TARGETS:-direct nginx llmmux}" API_KEY="$key" \
-    LLMMUX_CMD="env $COMMON DATABASE_URL=$url JWT_SECRET=$secret $BIN serve" \
+  governed_setup
+  TARGETS="${TARGETS:-direct nginx llmmux}" API_KEY="$GOV_KEY" \
+    LLMMUX_CMD="env $COMMON DATABASE_URL=$GOV_URL JWT_SECRET=$GOV_SECRET $BIN serve" \
     bash "$BENCH_DIR/run.sh"
-  echo "audit rows written: $(psql "$PG dbname=$db" -qAt -c 'SELECT count(*) FROM audit_requests')"
-  psql_admin "DROP DATABASE IF EXISTS $db WITH (FORCE)"
+  echo "audit rows written: $(psql "$PG dbname=$GOV_DB" -qAt -c 'SELECT count(*) FROM audit_requests')"
+  governed_drop
 }
 
 # One target at a time against one mock: RSS sampled every 100 ms over the target's process

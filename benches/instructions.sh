@@ -5,23 +5,32 @@
 # loadgen); (I(N2) - I(N1)) / (N2 - N1) cancels start-up and shutdown.
 #
 # Usage (from the repository root; the shared bench's mockllm and loadgen must be built):
-#   bash benches/instructions.sh [llmmux] [floor-reqwest] [floor-hyper] [nginx]
+#   bash benches/instructions.sh [llmmux] [governed] [floor-reqwest] [floor-hyper] [nginx]
 #                                                        (default: llmmux)
+# governed is LLMMux with a database API key (rate limits counted, never binding) and the
+# audit log in PostgreSQL, as compare.sh's governed run; PostgreSQL's own work is not counted.
 # Environment:
 #   BENCH_DIR   the shared bench (default: ../shared/bench next to the checkout)
 #   LLMMUX_BIN  the gateway (default: target/release/llmmux, built if missing)
+#   PG          PostgreSQL for governed (default: host=127.0.0.1 port=5432 user=postgres)
 #   N1, N2      request counts (default 500 and 2500)
+#   KEEP=DIR    keep the callgrind files there (TARGET.N1.out, TARGET.N2.out), for
+#               callgrind_annotate or a function-by-function difference between targets
 #   STREAM=1    streamed answers of 64 tokens instead (per stream; N1/N2 default 200/600)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 BENCH_DIR="${BENCH_DIR:-$ROOT/../shared/bench}"
 BIN="${LLMMUX_BIN:-$ROOT/target/release/llmmux}"
+PG="${PG:-host=127.0.0.1 port=5432 user=postgres}"
+KEY=sk-bench-key
 STREAM="${STREAM:-0}"
 if [[ "$STREAM" == 1 ]]; then N1="${N1:-200}"; N2="${N2:-600}"; else N1="${N1:-500}"; N2="${N2:-2500}"; fi
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/llmmux-instr.XXXXXX")"
 MOCK_PORT=19500 PORT=19501
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; [[ -n "${GOV_DB:-}" ]] && governed_drop; rm -rf "$WORK"' EXIT
+# shellcheck source=benches/governed.sh
+source "$ROOT/benches/governed.sh"
 
 command -v valgrind >/dev/null || { echo "valgrind is needed" >&2; exit 1; }
 MOCK="$BENCH_DIR/mockllm/target/release/mockllm"
@@ -44,6 +53,9 @@ target_cmd() {
     llmmux) echo "env HOST=127.0.0.1 PORT=$PORT BACKENDS=mock-model=http://127.0.0.1:$MOCK_PORT \
 LOG_LEVEL=warn MAX_IN_FLIGHT_PER_SERVER=0 API_KEYS=sk-bench-key AUDIT_SPOOL_DIR=$WORK/spool \
 AUDIT_JOURNAL_PATH=$WORK/audit.jsonl $BIN serve" ;;
+    governed) echo "env HOST=127.0.0.1 PORT=$PORT BACKENDS=mock-model=http://127.0.0.1:$MOCK_PORT \
+LOG_LEVEL=warn MAX_IN_FLIGHT_PER_SERVER=0 DATABASE_URL=$GOV_URL JWT_SECRET=$GOV_SECRET \
+AUDIT_SPOOL_DIR=$WORK/spool $BIN serve" ;;
     floor-reqwest) echo "$(floor_bin) 127.0.0.1:$PORT http://127.0.0.1:$MOCK_PORT reqwest" ;;
     floor-hyper) echo "$(floor_bin) 127.0.0.1:$PORT http://127.0.0.1:$MOCK_PORT hyper" ;;
     nginx)
@@ -67,11 +79,11 @@ count() {
   "${pre[@]}" valgrind --tool=callgrind --callgrind-out-file="$out" "${rest[@]}" > "$WORK/target.log" 2>&1 &
   vg=$!
   for _ in $(seq 1 300); do
-    curl -s -o /dev/null -m 1 "http://127.0.0.1:$PORT/v1/chat/completions" -H 'authorization: Bearer sk-bench-key' \
+    curl -s -o /dev/null -m 1 "http://127.0.0.1:$PORT/v1/chat/completions" -H "authorization: Bearer $KEY" \
       -H 'content-type: application/json' -d '{"model":"mock-model","messages":[{"role":"user","content":"hi"}],"max_tokens":1}' && break
     sleep 0.2
   done
-  load=(--url "http://127.0.0.1:$PORT/v1/chat/completions" --api-key sk-bench-key --concurrency 8
+  load=(--url "http://127.0.0.1:$PORT/v1/chat/completions" --api-key "$KEY" --concurrency 8
     --requests "$n" --duration 600)
   [[ "$STREAM" == 1 ]] && load+=(--stream --max-tokens 64)
   "$LOADGEN" "${load[@]}" > "$WORK/load.json"
@@ -80,6 +92,7 @@ count() {
   sleep 1
   if [[ "$cmd" == */nginx* ]]; then kill -QUIT "$vg"; else kill -TERM "$vg"; fi
   wait "$vg" 2>/dev/null || true
+  [[ -n "${KEEP:-}" ]] && mkdir -p "$KEEP" && cp "$out" "$KEEP/$3.$n.out"
   awk '/^summary:/ {print $2}' "$out"
 }
 
@@ -90,7 +103,12 @@ tokens=16
 sleep 0.3
 printf '| target | instructions per %s |\n|---|---:|\n' "$([[ "$STREAM" == 1 ]] && echo stream || echo request)"
 for t in "${@:-llmmux}"; do
+  KEY=sk-bench-key
+  if [[ "$t" == governed ]]; then
+    [[ -n "${GOV_DB:-}" ]] || governed_setup
+    KEY="$GOV_KEY"
+  fi
   cmd=$(target_cmd "$t")
-  a=$(count "$cmd" "$N1"); b=$(count "$cmd" "$N2")
+  a=$(count "$cmd" "$N1" "$t"); b=$(count "$cmd" "$N2" "$t")
   printf '| %s | %s |\n' "$t" "$(( (b - a) / (N2 - N1) ))"
 done
