@@ -641,28 +641,7 @@ async fn without_a_database_the_journal_records_and_answers() {
 /// A request record as the writer stores it, made at `ts_us`.
 fn stored_request(n: u32, ts_us: i64) -> llmmux::audit::record::AuditRecord {
     use llmmux::audit::record::{AuditRecord, RequestEntry};
-    AuditRecord::Request(RequestEntry {
-        id: uuid::Uuid::from_u128(u128::from(n) + 1),
-        ts_us,
-        request_id: format!("req-{n}"),
-        user_id: None,
-        key_id: Some("key".into()),
-        client_addr: "127.0.0.1:1".into(),
-        method: "POST".into(),
-        endpoint: "/v1/chat/completions".into(),
-        model: Some("m".into()),
-        backend: None,
-        stream: false,
-        status: 200,
-        error_type: None,
-        attempts: 1,
-        latency_ms: 1.0,
-        ttft_ms: None,
-        prompt_tokens: Some(1),
-        completion_tokens: Some(2),
-        request_body: None,
-        response_body: None,
-    })
+    AuditRecord::Request(RequestEntry::sample(u128::from(n) + 1, ts_us))
 }
 
 /// The audit store of a migrated test database.

@@ -12,6 +12,7 @@ pub mod journal;
 pub mod pg;
 pub mod query;
 pub mod record;
+mod seen;
 pub mod spool;
 
 use std::path::PathBuf;

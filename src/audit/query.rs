@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::record::{ActivityEntry, AuditRecord, RequestEntry};
+use super::seen::SeenIds;
 
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
@@ -441,71 +442,66 @@ pub fn scan_activity(scan: Scan<'_>, f: &Filter, page: Page) -> Result<Value, Qu
     )
 }
 
-/// The ids seen lately. A journal repeats records only when a batch that failed half-way
-/// is appended again, right after itself, so a window larger than the largest batch
-/// (`AUDIT_BATCH_SIZE` ≤ 50,000) bounds the memory of deduplication.
-struct RecentIds {
-    order: std::collections::VecDeque<Uuid>,
-    set: HashSet<Uuid>,
-}
-
-impl RecentIds {
-    const WINDOW: usize = 65_536;
-
-    fn new() -> Self {
-        Self {
-            order: std::collections::VecDeque::new(),
-            set: HashSet::new(),
-        }
-    }
-
-    /// False when `id` was seen within the window.
-    fn insert(&mut self, id: Uuid) -> bool {
-        if !self.set.insert(id) {
-            return false;
-        }
-        self.order.push_back(id);
-        if self.order.len() > Self::WINDOW {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        true
-    }
-}
-
+/// Daily totals per group. A journal can hold a record twice: a batch written again after
+/// a failed write or sync (right after itself, or, replayed from the spool, much later).
+/// The first pass sums every copy and notes the ids it (probably) met before; when there
+/// are any, a second pass subtracts each extra copy. Exact, at about two bytes per record.
 pub fn scan_usage(scan: Scan<'_>, q: &UsageQuery) -> Result<Vec<UsageRow>, QueryError> {
-    let mut seen = RecentIds::new();
+    let counted = |r: &RequestEntry| {
+        // Usage is about model requests (not model listings or admin calls).
+        r.model.is_some() && r.ts_us >= q.since_us && r.ts_us < q.until_us
+    };
     let mut sums: BTreeMap<(String, Option<String>), UsageRow> = BTreeMap::new();
+    let mut seen = SeenIds::new();
+    let mut maybe_repeated: HashSet<Uuid> = HashSet::new();
     scan(&mut |r| {
         let AuditRecord::Request(r) = r else { return };
-        // Usage is about model requests (not model listings or admin calls).
-        if r.model.is_none() || r.ts_us < q.since_us || r.ts_us >= q.until_us || !seen.insert(r.id)
-        {
-            return;
+        if counted(&r) {
+            add(&mut sums, q.group_by, &r, 1);
+            if !seen.insert(r.id) {
+                maybe_repeated.insert(r.id);
+            }
         }
-        let group = match q.group_by {
-            GroupBy::User => r.user_id.map(|u| u.to_string()),
-            GroupBy::Key => r.key_id.clone(),
-            GroupBy::Model => r.model.clone(),
-        };
-        let d = day(r.ts_us);
-        let row = sums
-            .entry((d.clone(), group.clone()))
-            .or_insert_with(|| UsageRow {
-                day: d,
-                group,
-                requests: 0,
-                errors: 0,
-                prompt_tokens: 0,
-                completion_tokens: 0,
-            });
-        row.requests += 1;
-        row.errors += i64::from(r.status >= 400);
-        row.prompt_tokens += r.prompt_tokens.unwrap_or(0) as i64;
-        row.completion_tokens += r.completion_tokens.unwrap_or(0) as i64;
     })?;
+    if !maybe_repeated.is_empty() {
+        let mut first = HashSet::new();
+        scan(&mut |r| {
+            let AuditRecord::Request(r) = r else { return };
+            if counted(&r) && maybe_repeated.contains(&r.id) && !first.insert(r.id) {
+                add(&mut sums, q.group_by, &r, -1);
+            }
+        })?;
+    }
     Ok(sums.into_values().collect())
+}
+
+/// Adds (`sign` 1) or takes away (-1) one record's share of its day and group.
+fn add(
+    sums: &mut BTreeMap<(String, Option<String>), UsageRow>,
+    group_by: GroupBy,
+    r: &RequestEntry,
+    sign: i64,
+) {
+    let group = match group_by {
+        GroupBy::User => r.user_id.map(|u| u.to_string()),
+        GroupBy::Key => r.key_id.clone(),
+        GroupBy::Model => r.model.clone(),
+    };
+    let d = day(r.ts_us);
+    let row = sums
+        .entry((d.clone(), group.clone()))
+        .or_insert_with(|| UsageRow {
+            day: d,
+            group,
+            requests: 0,
+            errors: 0,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+        });
+    row.requests += sign;
+    row.errors += sign * i64::from(r.status >= 400);
+    row.prompt_tokens += sign * r.prompt_tokens.unwrap_or(0) as i64;
+    row.completion_tokens += sign * r.completion_tokens.unwrap_or(0) as i64;
 }
 
 #[cfg(test)]
@@ -513,31 +509,70 @@ mod tests {
     use super::*;
 
     fn request(id: u128, ts_us: i64) -> AuditRecord {
-        AuditRecord::Request(RequestEntry {
-            id: Uuid::from_u128(id),
-            ts_us,
-            request_id: format!("r{id}"),
-            user_id: None,
-            key_id: None,
-            client_addr: "127.0.0.1".into(),
-            method: "POST".into(),
-            endpoint: "/v1/chat/completions".into(),
-            model: Some("m".into()),
-            backend: None,
-            stream: false,
-            status: 200,
-            error_type: None,
-            attempts: 1,
-            latency_ms: 1.0,
-            ttft_ms: None,
-            prompt_tokens: Some(1),
-            completion_tokens: Some(1),
-            request_body: None,
-            response_body: None,
-        })
+        AuditRecord::Request(RequestEntry::sample(id, ts_us))
+    }
+
+    /// Record `i` of a usage test: three days, two keys, two models, some errors, and
+    /// token counts that tell the records apart in the sums.
+    fn varied(i: u64) -> RequestEntry {
+        let mut r = RequestEntry::sample(
+            u128::from(i) + 1,
+            (i % 3) as i64 * 86_400_000_000 + i as i64,
+        );
+        r.key_id = Some(format!("key-{}", i % 2));
+        r.model = Some(format!("m{}", i % 5 % 2));
+        r.status = if i % 7 == 0 { 500 } else { 200 };
+        r.prompt_tokens = Some(i);
+        r.completion_tokens = Some(i * 3 + 1);
+        r
+    }
+
+    fn usage_of(records: &[RequestEntry], group_by: GroupBy) -> Vec<UsageRow> {
+        let scan = |visit: &mut dyn FnMut(AuditRecord)| {
+            records
+                .iter()
+                .for_each(|r| visit(AuditRecord::Request(r.clone())));
+            Ok(())
+        };
+        let q = UsageQuery {
+            group_by,
+            since_us: 0,
+            until_us: i64::MAX,
+        };
+        scan_usage(&scan, &q).expect("scan")
+    }
+
+    /// A batch replayed from the spool lands in the journal long after its first copy:
+    /// further back than any window of recent ids would reach.
+    #[test]
+    fn a_record_written_again_a_hundred_thousand_records_later_is_counted_once() {
+        let unique: Vec<RequestEntry> = (0..100_000).map(varied).collect();
+        let mut journal = unique.clone();
+        journal.extend(unique[..10].iter().cloned());
+        assert_eq!(
+            usage_of(&journal, GroupBy::Key),
+            usage_of(&unique, GroupBy::Key)
+        );
     }
 
     proptest::proptest! {
+        /// Usage over a journal with repeats anywhere is usage over its distinct records.
+        #[test]
+        fn usage_counts_each_record_once_wherever_it_repeats(
+            n in 1u64..300,
+            repeats in proptest::collection::vec((0u64..300, 0usize..400), 0..40),
+            by in 0usize..3,
+        ) {
+            let unique: Vec<RequestEntry> = (0..n).map(varied).collect();
+            let mut journal = unique.clone();
+            for (which, at) in repeats {
+                let at = at % (journal.len() + 1);
+                journal.insert(at, unique[(which % n) as usize].clone());
+            }
+            let by = [GroupBy::User, GroupBy::Key, GroupBy::Model][by];
+            proptest::prop_assert_eq!(usage_of(&journal, by), usage_of(&unique, by));
+        }
+
         /// The bounded two-pass pager answers what sorting the whole journal would.
         #[test]
         fn journal_pages_match_a_full_sort(

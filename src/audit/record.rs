@@ -121,6 +121,34 @@ fn who(p: Option<&Principal>) -> (Option<Uuid>, Option<String>) {
 }
 
 impl RequestEntry {
+    /// A stored model request for tests: id `id`, made at `ts_us` by key `key`, one prompt
+    /// token and two completion tokens.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn sample(id: u128, ts_us: i64) -> RequestEntry {
+        RequestEntry {
+            id: Uuid::from_u128(id),
+            ts_us,
+            request_id: format!("req-{id}"),
+            user_id: None,
+            key_id: Some("key".into()),
+            client_addr: "127.0.0.1".into(),
+            method: "POST".into(),
+            endpoint: "/v1/chat/completions".into(),
+            model: Some("m".into()),
+            backend: None,
+            stream: false,
+            status: 200,
+            error_type: None,
+            attempts: 1,
+            latency_ms: 1.0,
+            ttft_ms: None,
+            prompt_tokens: Some(1),
+            completion_tokens: Some(2),
+            request_body: None,
+            response_body: None,
+        }
+    }
+
     pub fn from_outcome(r: &RequestRecord) -> RequestEntry {
         let (user_id, key_id) = who(r.principal.as_deref());
         let ts_us = micros(r.ts);

@@ -216,12 +216,14 @@ fn duration_value(secs: f64) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&s.buf[..s.len]).ok()
 }
 
+/// The window and how far into it (0 to 1), in integers until the fraction: `%` on
+/// floats is a libm call.
 fn now() -> (u64, f64) {
-    let t = SystemTime::now()
+    let us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    let window = (t / WINDOW_SECS as f64) as u64;
-    (window, (t % WINDOW_SECS as f64) / WINDOW_SECS as f64)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let window_us = WINDOW_SECS * 1_000_000;
+    (us / window_us, (us % window_us) as f64 / window_us as f64)
 }
 
 /// Subjects are ids the gateway made (key ids, account ids), never a client's choice, so
@@ -291,7 +293,9 @@ impl RateLimiter {
     pub fn local() -> RateLimiter {
         RateLimiter {
             inner: Arc::new(Inner {
-                shards: (0..SHARDS).map(|_| Mutex::new(Counters::default())).collect(),
+                shards: (0..SHARDS)
+                    .map(|_| Mutex::new(Counters::default()))
+                    .collect(),
             }),
         }
     }

@@ -35,7 +35,8 @@ pub async fn sim_with(models: &[&str], f: impl FnOnce(&mut SimConfig)) -> SimHan
 pub fn scratch_dir(what: &str) -> std::path::PathBuf {
     reap_scratch_dirs_of_exited_tests();
     let dir = std::env::temp_dir().join(format!(
-        "llmmux-test-{what}-{}-{}",
+        "llmmux-test-{what}-{}-{}-{}",
+        pid_namespace(),
         std::process::id(),
         uuid::Uuid::new_v4().simple()
     ));
@@ -43,15 +44,33 @@ pub fn scratch_dir(what: &str) -> std::path::PathBuf {
     dir
 }
 
+/// The inode of this process's pid namespace (0 when it cannot be read). A pid means
+/// something only in its own namespace: tests in another container sharing the temporary
+/// directory have pids this one cannot see.
+fn pid_namespace() -> u64 {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .and_then(|p| {
+            p.to_str()?
+                .strip_prefix("pid:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
 /// Removes the scratch directories of test processes that have exited. A test cannot remove
 /// its own: the gateway processes it starts write there until the test ends, and a restarted
 /// process reads what the previous one left. So each test process, on its first scratch
-/// directory, removes those whose process (the pid in the name) is gone.
+/// directory, removes those whose process (the pid in the name, of this pid namespace) is
+/// gone.
 fn reap_scratch_dirs_of_exited_tests() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // Liveness is read from /proc; without it nothing is known to have exited.
-        if !std::path::Path::new("/proc/self").exists() {
+        let ns = pid_namespace();
+        if ns == 0 {
             return;
         }
         let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
@@ -62,9 +81,13 @@ fn reap_scratch_dirs_of_exited_tests() {
             let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("llmmux-test-")) else {
                 continue;
             };
-            // `{what}-{pid}-{uuid}`
-            let pid = rest.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok());
-            if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            // `{what}-{pid namespace}-{pid}-{uuid}`
+            let mut parts = rest.rsplit('-').skip(1);
+            let pid = parts.next().and_then(|p| p.parse::<u32>().ok());
+            let same_ns = parts.next().and_then(|n| n.parse::<u64>().ok()) == Some(ns);
+            if same_ns
+                && pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
