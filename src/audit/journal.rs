@@ -4,7 +4,7 @@
 //! and a new file is started, so the journal's disk use stays bounded.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -123,21 +123,90 @@ impl Journal {
         Ok(())
     }
 
-    /// Visits every record in the journal (the rotated file first), one line at a time, so
-    /// a query holds only what it keeps. Unreadable lines (a torn tail) are skipped.
-    pub fn for_each_blocking(&self, mut visit: impl FnMut(AuditRecord)) -> std::io::Result<()> {
+    /// What the journal holds now, to be read however often (a query may read it twice)
+    /// while the writer appends and rotates: the files stay open and are read up to their
+    /// length at this moment.
+    pub fn snapshot_blocking(&self) -> std::io::Result<Snapshot> {
+        // Under the append lock: no batch is half-written, and no rotation falls between
+        // the two opens (which would skip the file being renamed).
+        let _appends = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut files = Vec::with_capacity(2);
         for p in [rotated(&self.path), (*self.path).clone()] {
-            let f = match File::open(&p) {
-                Ok(f) => f,
+            match File::open(&p) {
+                Ok(f) => {
+                    let len = f.metadata()?.len();
+                    files.push((f, len));
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
-            };
-            for line in BufReader::new(f).split(b'\n') {
+            }
+        }
+        Ok(Snapshot { files })
+    }
+}
+
+/// The journal's files as they were when it was taken (see [`Journal::snapshot_blocking`]).
+pub struct Snapshot {
+    files: Vec<(File, u64)>,
+}
+
+impl Snapshot {
+    /// Visits every record (the rotated file first), one line at a time, so a query holds
+    /// only what it keeps. Unreadable lines (a torn tail) are skipped.
+    pub fn for_each(&self, mut visit: impl FnMut(AuditRecord)) -> std::io::Result<()> {
+        for (file, len) in &self.files {
+            let mut f = file;
+            f.seek(SeekFrom::Start(0))?;
+            for line in BufReader::new(f.take(*len)).split(b'\n') {
                 if let Ok(r) = serde_json::from_slice::<AuditRecord>(&line?) {
                     visit(r);
                 }
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::RequestEntry;
+
+    fn ids(s: &Snapshot) -> Vec<u128> {
+        let mut out = Vec::new();
+        s.for_each(|r| {
+            if let AuditRecord::Request(r) = r {
+                out.push(r.id.as_u128());
+            }
+        })
+        .expect("read");
+        out
+    }
+
+    /// A query's two passes must see the same records: appends and a rotation after the
+    /// snapshot change neither.
+    #[test]
+    fn a_snapshot_reads_the_same_records_while_the_journal_grows_and_rotates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rec = |id| AuditRecord::Request(RequestEntry::sample(id, 1));
+        // Small enough that the third batch rotates the file.
+        let j = Journal::open(&dir.path().join("audit.jsonl"), 600).expect("open");
+        j.append_blocking(&[rec(1), rec(2)]).expect("append");
+        j.append_blocking(&[rec(3)]).expect("append");
+        let snap = j.snapshot_blocking().expect("snapshot");
+        assert_eq!(ids(&snap), [1, 2, 3]);
+        for id in 4..10 {
+            j.append_blocking(&[rec(id)]).expect("append");
+        }
+        assert!(
+            dir.path().join("audit.jsonl.1").exists(),
+            "the journal rotated"
+        );
+        assert_eq!(
+            ids(&snap),
+            [1, 2, 3],
+            "read again after appends and rotations"
+        );
+        assert_ne!(ids(&j.snapshot_blocking().expect("snapshot")), [1, 2, 3]);
     }
 }

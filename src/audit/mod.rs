@@ -321,14 +321,17 @@ impl Audit {
             return Err(QueryError::Unavailable);
         };
         let j = j.clone();
-        let scan = move |visit: &mut dyn FnMut(AuditRecord)| {
-            j.for_each_blocking(visit)
-                .map_err(|_| QueryError::Unavailable)
-        };
-        blocking(move || query(&scan))
-            .await
-            .map_err(|_| QueryError::Unavailable)
-            .and_then(|r| r)
+        blocking(move || {
+            // One snapshot for every pass of the query, so the passes agree.
+            let snap = j.snapshot_blocking().map_err(|_| QueryError::Unavailable)?;
+            let scan = |visit: &mut dyn FnMut(AuditRecord)| {
+                snap.for_each(visit).map_err(|_| QueryError::Unavailable)
+            };
+            query(&scan)
+        })
+        .await
+        .map_err(|_| QueryError::Unavailable)
+        .and_then(|r| r)
     }
 
     pub async fn requests(&self, q: Option<&str>) -> Result<Value, QueryError> {
