@@ -445,7 +445,7 @@ pub fn scan_activity(scan: Scan<'_>, f: &Filter, page: Page) -> Result<Value, Qu
 /// Daily totals per group. A journal can hold a record twice: a batch written again after
 /// a failed write or sync (right after itself, or, replayed from the spool, much later).
 /// The first pass sums every copy and notes the ids it (probably) met before; when there
-/// are any, a second pass subtracts each extra copy. Exact, at about two bytes per record.
+/// are any, a second pass subtracts each extra copy. Exact, at two to four bytes per record.
 pub fn scan_usage(scan: Scan<'_>, q: &UsageQuery) -> Result<Vec<UsageRow>, QueryError> {
     let counted = |r: &RequestEntry| {
         // Usage is about model requests (not model listings or admin calls).
